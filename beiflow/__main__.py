@@ -1,0 +1,5 @@
+"""Allow ``python -m beiflow``."""
+
+from beiflow.ingest.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""MQTT collectors, decoders, batching, the TimescaleDB sink, metrics, runner and CLI."""

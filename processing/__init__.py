@@ -1,0 +1,1 @@
+"""The vectorised NumPy core: pure, synchronous, no I/O."""
