@@ -1,0 +1,249 @@
+"""Configuration: defaults in code < TOML file < environment < command-line flags.
+
+Every section is a frozen dataclass; unknown keys are an error naming the dotted
+path. Nothing here touches the network, so a bad config fails at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+from urllib.parse import unquote, urlsplit
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """Broker connection and subscription."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    topic_root: str = "telemetry"
+    client_id: str = "beiflow-ingest"
+    #: Shared-subscription group; collectors with the same group split the stream.
+    shared_group: str = ""
+    qos: int = 1
+    #: Persistent session lifetime: messages published while we are away are kept.
+    session_expiry_s: int = 7 * 86400
+    #: MQTT v5 Receive Maximum: how many unacknowledged QoS 1 messages we accept.
+    receive_maximum: int = 65535
+    keepalive_s: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class DbConfig:
+    """TimescaleDB connection."""
+
+    dsn: str = "postgresql://127.0.0.1:5432/beiflow"
+    #: Seconds between reconnection attempts while the database is unreachable.
+    retry_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    """Micro-batching: a batch is flushed when it is this large or this old."""
+
+    max_messages: int = 5000
+    max_age_ms: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus ``/metrics`` and ``/healthz`` endpoint (port 0 picks a free one)."""
+
+    addr: str = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True, slots=True)
+class NmeaSettings:
+    """NMEA decoding tolerances."""
+
+    future_tolerance_s: float = 300.0
+    past_tolerance_s: float = 86400.0
+    max_sentence_len: int = 164
+    require_checksum: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Input limits; anything beyond them is dead-lettered with a reason."""
+
+    max_payload_bytes: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration of a beiflow process."""
+
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    db: DbConfig = field(default_factory=DbConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    nmea: NmeaSettings = field(default_factory=NmeaSettings)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+
+#: Environment variable -> dotted config key.
+ENV_KEYS: dict[str, str] = {
+    "BEIFLOW_MQTT_URL": "mqtt.url",
+    "BEIFLOW_DB_DSN": "db.dsn",
+    "BEIFLOW_METRICS_ADDR": "metrics.addr",
+    "BEIFLOW_TOPIC_ROOT": "mqtt.topic_root",
+    "BEIFLOW_CLIENT_ID": "mqtt.client_id",
+    "BEIFLOW_SHARED_GROUP": "mqtt.shared_group",
+}
+
+
+def _coerce(value: Any, typ: type, path: str) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
+                                                        "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{path}: expected {typ.__name__}, got {value!r}")
+
+
+def _build(cls: type, data: Mapping[str, Any], base: Any, prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown config key {(prefix + str(key))!r}")
+    changes: dict[str, Any] = {}
+    for name, value in data.items():
+        typ = hints[name]
+        path = f"{prefix}{name}"
+        if is_dataclass(typ):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{path}: expected a table, got {value!r}")
+            changes[name] = _build(typ, value, getattr(base, name), f"{path}.")  # type: ignore[arg-type]
+        else:
+            changes[name] = _coerce(value, typ, path)
+    return replace(base, **changes)
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Merge defaults, an optional TOML file, the environment and dotted overrides."""
+    cfg = Config()
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+        cfg = _build(Config, data, cfg, "")
+    env = os.environ if env is None else env
+    from_env = {key: env[var] for var, key in ENV_KEYS.items() if env.get(var)}
+    if from_env:
+        cfg = _build(Config, _nest(from_env), cfg, "")
+    if overrides:
+        cfg = _build(Config, _nest({k: v for k, v in overrides.items() if v is not None}), cfg,
+                     "")
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
+    parse_mqtt_url(cfg.mqtt.url)
+    parse_hostport(cfg.metrics.addr, "metrics.addr")
+    if cfg.mqtt.qos not in (0, 1):
+        raise ConfigError("mqtt.qos: must be 0 or 1")
+    if not 1 <= cfg.mqtt.receive_maximum <= 65535:
+        raise ConfigError("mqtt.receive_maximum: must be 1..65535")
+    if cfg.batch.max_messages < 1 or cfg.batch.max_age_ms < 1:
+        raise ConfigError("batch.max_messages and batch.max_age_ms must be positive")
+    if cfg.limits.max_payload_bytes < 64:
+        raise ConfigError("limits.max_payload_bytes: must be at least 64")
+
+
+@dataclass(frozen=True, slots=True)
+class MqttUrl:
+    """A parsed ``mqtt[s]://user:pass@host:port`` URL."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+def parse_mqtt_url(url: str) -> MqttUrl:
+    """Parse a broker URL; the password never appears in errors or reprs."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ConfigError(f"mqtt.url: scheme must be mqtt or mqtts, got {parts.scheme!r}")
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ConfigError("mqtt.url: invalid port") from exc
+    if not parts.hostname:
+        raise ConfigError("mqtt.url: no host")
+    return MqttUrl(
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def parse_hostport(value: str, key: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` too); port 0 means pick a free one."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{key}: expected host:port, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    """The configuration as nested plain data (for ``beiflow config``), secrets masked."""
+    data = dataclasses.asdict(cfg)
+    url = parse_mqtt_url(cfg.mqtt.url)
+    if url.password:
+        data["mqtt"]["url"] = cfg.mqtt.url.replace(f":{url.password}@", ":***@")
+    return data

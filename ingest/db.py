@@ -1,0 +1,125 @@
+"""Database schema management: versioned SQL migrations and optional TimescaleDB features."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+#: pg_advisory_lock key so concurrent `beiflow db migrate` runs serialise.
+_LOCK_KEY = 0x6265_6966  # "beif"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One versioned SQL file under schemas/migrations/."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 of the file, to notice an applied migration edited afterwards."""
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+class MigrationError(RuntimeError):
+    """The database's schema history disagrees with the shipped migrations."""
+
+
+def load_migrations() -> list[Migration]:
+    """The shipped migrations in version order."""
+    found = []
+    for entry in resources.files("beiflow.schemas").joinpath("migrations").iterdir():
+        m = _MIGRATION_NAME.match(entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text("utf-8")))
+    found.sort(key=lambda mig: mig.version)
+    versions = [mig.version for mig in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"duplicate migration versions in {versions}")
+    return found
+
+
+def migrate(dsn: str) -> list[int]:
+    """Apply pending migrations, each in its own transaction; return the versions applied."""
+    applied: list[int] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations"))
+            for mig in load_migrations():
+                if mig.version in done:
+                    if done[mig.version] != mig.checksum:
+                        raise MigrationError(
+                            f"migration {mig.version:04d}_{mig.name} was changed after it was "
+                            "applied; add a new migration instead"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(mig.sql.encode())  # type: ignore[call-overload]
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum)"
+                        " VALUES (%s, %s, %s)",
+                        (mig.version, mig.name, mig.checksum),
+                    )
+                log.info("applied migration %04d_%s", mig.version, mig.name)
+                applied.append(mig.version)
+            enable_optional_features(conn)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    return applied
+
+
+def timescale_license(conn: psycopg.Connection) -> str:
+    """``apache`` (Debian's build) or ``timescale`` (community edition)."""
+    row = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
+    return (row[0] if row else None) or "apache"
+
+
+#: Community-edition features per hypertable: (table, segment-by column, compress after).
+_COMPRESSION = (("positions", "device_id", "7 days"),)
+
+
+def enable_optional_features(conn: psycopg.Connection) -> list[str]:
+    """Turn on compression policies where the server's edition has them; else say why not."""
+    if timescale_license(conn) != "timescale":
+        log.info("TimescaleDB Apache edition: compression and policies not available, skipped")
+        return []
+    enabled = []
+    for table, segment_by, after in _COMPRESSION:
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE {} SET (timescaledb.compress, timescaledb.compress_segmentby = {})"
+            ).format(sql.Identifier(table), sql.Literal(segment_by))
+        )
+        conn.execute(
+            "SELECT add_compression_policy(%s, %s::interval, if_not_exists => true)",
+            (table, after),
+        )
+        enabled.append(f"compression:{table}")
+    return enabled
+
+
+def schema_version(dsn: str) -> int:
+    """The highest applied migration version (0 for an empty database)."""
+    with psycopg.connect(dsn) as conn:
+        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+        if not exists or not exists[0]:
+            return 0
+        row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+        return int(row[0]) if row else 0
