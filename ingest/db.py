@@ -61,7 +61,8 @@ def migrate(dsn: str) -> list[int]:
                 " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations"))
+            done: dict[int, str] = dict(
+                conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
             for mig in load_migrations():
                 if mig.version in done:
                     if done[mig.version] != mig.checksum:

@@ -113,7 +113,7 @@ def _positions_upsert() -> sql.Composed:
         or c.name in ("date_source", "flags") else _null_if_missing(c)
         for c in POSITION_COLUMNS
     ]
-    merge = [
+    merge: list[sql.Composable] = [
         sql.SQL("{0} = COALESCE(p.{0}, EXCLUDED.{0})").format(sql.Identifier(c.name))
         for c in _NULLABLE
     ]
@@ -123,7 +123,7 @@ def _positions_upsert() -> sql.Composed:
     merge.append(sql.SQL(
         "flags = ((p.flags | EXCLUDED.flags) & ~{0}) | (p.flags & EXCLUDED.flags & {0})"
     ).format(sql.Literal(and_flags)))
-    changed = [
+    changed: list[sql.Composable] = [
         sql.SQL("(p.{0} IS NULL AND EXCLUDED.{0} IS NOT NULL)").format(sql.Identifier(c.name))
         for c in _NULLABLE
     ]
@@ -146,7 +146,7 @@ def _positions_upsert() -> sql.Composed:
 
 
 def _stage_ddl() -> sql.Composed:
-    cols = [sql.SQL("dev integer")]
+    cols: list[sql.Composable] = [sql.SQL("dev integer")]
     for c in POSITION_COLUMNS:
         typ = "timestamptz" if c.name in _TS_COLUMNS else _WIRE[c.dtype.name][1]
         cols.append(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(typ)))

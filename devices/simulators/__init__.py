@@ -1,0 +1,1 @@
+"""Beidou terminal, RFID gate and sensor simulators publishing over MQTT."""

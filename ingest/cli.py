@@ -1,0 +1,243 @@
+"""The ``beiflow`` command line: the one place that ties ingest, processing and simulators."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+from beiflow import __version__
+from beiflow.ingest.config import Config, ConfigError, as_dict, load_config, parse_mqtt_url
+
+log = logging.getLogger("beiflow")
+
+_EPILOG = """\
+Settings come from flags, then the environment (BEIFLOW_MQTT_URL, BEIFLOW_DB_DSN,
+BEIFLOW_METRICS_ADDR, ...), then --config FILE (TOML, see deploy/beiflow.example.toml),
+then built-in defaults.
+"""
+
+
+def _connection_flags(p: argparse.ArgumentParser, *, mqtt: bool = True, db: bool = True,
+                      metrics: bool = False) -> None:
+    g = p.add_argument_group("connections")
+    if mqtt:
+        g.add_argument("--mqtt-url", help="broker, mqtt[s]://user:pass@host:port "
+                                          "(env BEIFLOW_MQTT_URL)")
+        g.add_argument("--topic-root", help="topic root (default telemetry)")
+    if db:
+        g.add_argument("--db-dsn", help="libpq DSN or URL (env BEIFLOW_DB_DSN)")
+    if metrics:
+        g.add_argument("--metrics-addr", help="host:port of /metrics, /healthz, /readyz; port 0"
+                                              " picks a free one (env BEIFLOW_METRICS_ADDR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="beiflow", description="IoT and Beidou (BDS) telemetry: MQTT -> NumPy -> "
+        "TimescaleDB, with Prometheus metrics.", epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"beiflow {__version__}")
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the whole pipeline here with simulated terminals",
+                       description="Start a private broker (unless --mqtt-url/BEIFLOW_MQTT_URL "
+                       "names one), migrate the database, run ingest and simulated Beidou "
+                       "terminals around Yantai port, and print a summary line periodically.")
+    _connection_flags(p, metrics=True)
+    p.add_argument("--devices", type=int, default=20, help="simulated terminals (default 20)")
+    p.add_argument("--rate", type=float, default=1.0, help="epochs per second per terminal")
+    p.add_argument("--duration", type=float, default=0,
+                   help="seconds to run; 0 runs until Ctrl-C (default)")
+    p.add_argument("--summary-every", type=float, default=5.0, help="seconds between summaries")
+    p.add_argument("--seed", type=int, default=7)
+
+    p = sub.add_parser("ingest", help="run the collectors until SIGTERM/Ctrl-C",
+                       description="Subscribe to {root}/+/+/+ (persistent session, QoS 1, "
+                       "manual acks), decode, write to TimescaleDB, ack after commit.")
+    _connection_flags(p, metrics=True)
+    p.add_argument("--client-id", help="MQTT client id (default beiflow-ingest)")
+    p.add_argument("--shared-group", help="share the subscription with collectors in this "
+                                          "group ($share/GROUP/...)")
+    p.add_argument("--batch-size", type=int, help="flush after this many messages")
+    p.add_argument("--batch-age-ms", type=int, help="flush after this many milliseconds")
+
+    p = sub.add_parser("simulate", help="run device simulators against a broker",
+                       description="Simulated Beidou terminals driving around Yantai port.")
+    p.add_argument("scenario", choices=["yantai-port"])
+    _connection_flags(p, db=False)
+    p.add_argument("--devices", type=int, default=20)
+    p.add_argument("--rate", type=float, default=1.0, help="epochs per second per device")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--site", default="yantai")
+    p.add_argument("--qos", type=int, choices=[0, 1], default=1)
+
+    p = sub.add_parser("replay", help="publish a recorded NMEA log as one device",
+                       description="One MQTT message per epoch, in order, QoS 1.")
+    p.add_argument("file", type=Path)
+    p.add_argument("--device", required=True, help="device id (1-64 of [A-Za-z0-9_.-])")
+    p.add_argument("--site", default="replay")
+    p.add_argument("--rate", type=float, default=1.0,
+                   help="epochs per second; 0 publishes as fast as the broker takes them")
+    _connection_flags(p, db=False)
+
+    p = sub.add_parser("decode", help="print the fixes decoded from an NMEA log as JSON lines",
+                       description="One JSON object per epoch: time, lat, lon, alt_m, "
+                       "speed_mps, course_deg, fix_quality, sats, hdop (null where the log "
+                       "has no value). Problems go to stderr; exit status 1 if there were any.")
+    p.add_argument("file", type=Path, help="NMEA log ('-' for stdin)")
+    p.add_argument("--date", type=date.fromisoformat,
+                   help="UTC date (YYYY-MM-DD) for epochs before the log's first RMC/ZDA")
+
+    p = sub.add_parser("db", help="database schema")
+    dbsub = p.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    m = dbsub.add_parser("migrate", help="create or upgrade the schema",
+                         description="Apply the versioned SQL under schemas/migrations and "
+                         "enable compression where the TimescaleDB edition has it.")
+    _connection_flags(m, mqtt=False)
+
+    p = sub.add_parser("config", help="print the effective configuration as JSON")
+    _connection_flags(p, metrics=True)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides = {
+        "mqtt.url": getattr(args, "mqtt_url", None),
+        "mqtt.topic_root": getattr(args, "topic_root", None),
+        "db.dsn": getattr(args, "db_dsn", None),
+        "metrics.addr": getattr(args, "metrics_addr", None),
+        "mqtt.client_id": getattr(args, "client_id", None),
+        "mqtt.shared_group": getattr(args, "shared_group", None),
+        "batch.max_messages": getattr(args, "batch_size", None),
+        "batch.max_age_ms": getattr(args, "batch_age_ms", None),
+    }
+    return load_config(args.config, overrides=overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"beiflow: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "decode":
+        return _decode(args)
+    cfg = _config(args)
+    if cmd == "config":
+        print(json.dumps(as_dict(cfg), indent=2))
+        return 0
+    if cmd == "db":
+        return _migrate(cfg)
+    if cmd == "ingest":
+        return _ingest(cfg)
+    if cmd == "replay":
+        return _replay(cfg, args)
+    if cmd == "simulate":
+        return _simulate(cfg, args)
+    if cmd == "demo":
+        from beiflow.ingest.demo import run_demo
+
+        explicit = bool(args.mqtt_url or os.environ.get("BEIFLOW_MQTT_URL") or args.config)
+        return run_demo(cfg, args, explicit_broker=explicit)
+    raise AssertionError(cmd)
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from beiflow.ingest.nmea import write_decoded_fixes
+
+    try:
+        data = sys.stdin.buffer.read() if str(args.file) == "-" else args.file.read_bytes()
+    except OSError as exc:
+        print(f"beiflow decode: {exc}", file=sys.stderr)
+        return 2
+    problems = write_decoded_fixes(data, sys.stdout, sys.stderr, date=args.date)
+    return 1 if problems else 0
+
+
+def _migrate(cfg: Config) -> int:
+    import psycopg
+
+    from beiflow.ingest.db import MigrationError, migrate, schema_version
+
+    try:
+        applied = migrate(cfg.db.dsn)
+        version = schema_version(cfg.db.dsn)
+    except (psycopg.Error, MigrationError) as exc:
+        print(f"beiflow db migrate: {exc}", file=sys.stderr)
+        return 1
+    print(f"schema at version {version}; applied {applied or 'nothing (up to date)'}")
+    return 0
+
+
+def _ingest(cfg: Config) -> int:
+    from beiflow.ingest.runner import start_ingest, stop_on_signals
+
+    ingest = start_ingest(cfg)
+    log.info("ingest running; SIGTERM or Ctrl-C stops it after committing what is buffered")
+    with stop_on_signals(ingest.stop):
+        while ingest.thread.is_alive():
+            ingest.thread.join(0.5)
+    ingest.server.close()
+    return 0
+
+
+def _replay(cfg: Config, args: argparse.Namespace) -> int:
+    from beiflow.ingest.nmea import split_epochs
+    from beiflow.ingest.replay import PublishError, publish_in_order
+    from beiflow.ingest.topics import NAME_RE
+
+    for name, value in (("--device", args.device), ("--site", args.site)):
+        if not NAME_RE.match(value):
+            print(f"beiflow replay: {name} must be 1-64 of [A-Za-z0-9_.-]", file=sys.stderr)
+            return 2
+    try:
+        epochs = split_epochs(args.file.read_bytes())
+    except OSError as exc:
+        print(f"beiflow replay: {exc}", file=sys.stderr)
+        return 2
+    topic = f"{cfg.mqtt.topic_root}/{args.site}/{args.device}/nmea"
+    t0 = time.perf_counter()
+    try:
+        n = publish_in_order(parse_mqtt_url(cfg.mqtt.url), topic, epochs, rate_hz=args.rate)
+    except (OSError, PublishError) as exc:
+        print(f"beiflow replay: {exc}", file=sys.stderr)
+        return 1
+    print(f"published {n} epochs to {topic} in {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
+def _simulate(cfg: Config, args: argparse.Namespace) -> int:
+    from beiflow.devices.simulators.beidou import make_terminals, run_terminals
+
+    url = parse_mqtt_url(cfg.mqtt.url)
+    terminals = make_terminals(args.devices, seed=args.seed)
+    stats = asyncio.run(run_terminals(
+        terminals, host=url.host, port=url.port, root=cfg.mqtt.topic_root, site=args.site,
+        rate_hz=args.rate, duration_s=args.duration, qos=args.qos, username=url.username,
+        password=url.password))
+    print(f"published {stats.messages} messages from {len(terminals)} terminals")
+    return 0
+

@@ -1,0 +1,255 @@
+"""The MQTT collector: paho-mqtt with manual acks, micro-batching, ack after commit.
+
+Two threads: paho's network thread appends messages to a buffer; the batch thread
+takes the buffer when it is full or old enough, runs the pipeline, commits, and only
+then acknowledges. While the database is down nothing is acknowledged, so the broker
+stops sending once the MQTT v5 Receive Maximum is reached: memory stays bounded and
+everything unacknowledged is redelivered from the persistent session.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from beiflow.ingest.config import Config, parse_mqtt_url
+from beiflow.ingest.metrics import Metrics
+from beiflow.ingest.pipeline import Pipeline, RawBatch
+from beiflow.ingest.sink import TimescaleSink, WriteBatch, WriteResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """What one committed batch did (for summaries and tests)."""
+
+    messages: int
+    rows: dict[str, int]
+    dead_letters: int
+    acked: int
+
+
+class Collector:
+    """Subscribes, batches, writes through the pipeline and sink, and acks after commit."""
+
+    def __init__(self, config: Config, *, pipeline: Pipeline, sink: TimescaleSink,
+                 metrics: Metrics, on_batch: Callable[[BatchReport], None] | None = None) -> None:
+        self._cfg = config
+        self._pipeline = pipeline
+        self._sink = sink
+        self._metrics = metrics
+        self._on_batch = on_batch
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._buf = RawBatch()
+        self._mids: list[int] = []
+        self._first_at = 0.0
+        #: Connection generation: packet ids are only valid on the connection that got them.
+        self._gen = 0
+        self._connected = False
+        self._db_ok = True
+        # QoS 0 has no redelivery and no Receive Maximum: beyond this it is shed and counted.
+        self._max_buffered = max(config.mqtt.receive_maximum, config.batch.max_messages) * 2
+        self._shutdown_timeout_s = 10.0
+        self._client = self._make_client()
+        self._writing = 0
+        metrics.queue_depth.labels("collector").set_function(
+            lambda: self.buffered() + self.in_flight())
+
+    # -- MQTT side (paho's network thread) -------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self._cfg.mqtt
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=True)
+        url = parse_mqtt_url(cfg.url)
+        if url.username:
+            client.username_pw_set(url.username, url.password)
+        if url.tls:
+            client.tls_set()
+        client.reconnect_delay_set(1, 30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client: mqtt.Client, _userdata: object, flags: mqtt.ConnectFlags,
+                    reason: ReasonCode, _props: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        cfg = self._cfg.mqtt
+        topic = self._pipeline.topics.subscription()
+        if cfg.shared_group:
+            topic = f"$share/{cfg.shared_group}/{topic}"
+        client.subscribe(topic, options=SubscribeOptions(qos=cfg.qos))
+        with self._lock:
+            self._connected = True
+        self._metrics.mqtt_connected.set(1)
+        log.info("connected to %s:%s (session present: %s), subscribed to %s",
+                 *self._hostport(), flags.session_present, topic)
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: object,
+                       _flags: mqtt.DisconnectFlags, reason: ReasonCode,
+                       _props: Properties | None) -> None:
+        with self._lock:
+            self._connected = False
+            self._gen += 1
+            # These packet ids die with the connection; the broker redelivers the messages.
+            self._mids.clear()
+        self._metrics.mqtt_connected.set(0)
+        log.warning("disconnected from broker: %s", reason)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: object,
+                    msg: mqtt.MQTTMessage) -> None:
+        now_us = time.time_ns() // 1000
+        with self._lock:
+            buf = self._buf
+            if msg.qos == 0 and len(buf) >= self._max_buffered:
+                self._metrics.messages_rejected.labels("unknown", "overflow_qos0").inc()
+                return
+            if not buf.topics:
+                self._first_at = time.monotonic()
+                self._wake.set()
+            buf.topics.append(msg.topic)
+            buf.payloads.append(msg.payload)
+            buf.received_us.append(now_us)
+            if msg.qos:
+                self._mids.append(msg.mid)
+            if len(buf) >= self._cfg.batch.max_messages:
+                self._wake.set()
+
+    def _hostport(self) -> tuple[str, int]:
+        url = parse_mqtt_url(self._cfg.mqtt.url)
+        return url.host, url.port
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def buffered(self) -> int:
+        """Messages received and waiting for the next batch."""
+        return len(self._buf)
+
+    def in_flight(self) -> int:
+        """Messages of the batch being written, not yet acknowledged."""
+        return self._writing
+
+    def ready(self) -> bool:
+        """Connected to the broker and the last database write succeeded."""
+        return self._connected and self._db_ok
+
+    def start(self) -> None:
+        """Connect (persistent session, large Receive Maximum) and start the network thread."""
+        cfg = self._cfg.mqtt
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = cfg.session_expiry_s
+        props.ReceiveMaximum = cfg.receive_maximum
+        host, port = self._hostport()
+        self._client.connect_async(host, port, keepalive=cfg.keepalive_s, clean_start=False,
+                                   properties=props)
+        self._client.loop_start()
+
+    def run(self, stop: threading.Event, *, shutdown_timeout_s: float = 10.0) -> None:
+        """Process batches until ``stop`` is set, then commit and ack what is buffered.
+
+        Shutdown is bounded: a final write still failing after ``shutdown_timeout_s`` is
+        abandoned unacknowledged (the broker redelivers it to the next collector).
+        """
+        self._shutdown_timeout_s = shutdown_timeout_s
+        max_age = self._cfg.batch.max_age_ms / 1000
+        while not stop.is_set():
+            with self._lock:
+                n, first = len(self._buf), self._first_at
+            age = time.monotonic() - first
+            if n >= self._cfg.batch.max_messages or (n and age >= max_age):
+                self._flush(stop)
+                continue
+            self._wake.wait(max_age - age if n else 0.25)
+            self._wake.clear()
+        self._flush(stop)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._sink.close()
+
+    def _take(self) -> tuple[RawBatch, list[int], int]:
+        with self._lock:
+            raw, mids, gen = self._buf, self._mids, self._gen
+            self._buf, self._mids = RawBatch(), []
+        return raw, mids, gen
+
+    def _flush(self, stop: threading.Event) -> None:
+        raw, mids, gen = self._take()
+        if not raw.topics:
+            return
+        t0 = time.perf_counter()
+        self._writing = len(raw)
+        try:
+            batch = self._pipeline.process(raw)
+            result = self._write(batch, stop)
+            if result is None:
+                log.warning("shutdown: %d messages not committed; the broker will redeliver "
+                            "them", len(raw))
+                return
+            acked = self._ack(mids, gen)
+        finally:
+            self._writing = 0
+        m = self._metrics
+        m.batch_duration.observe(time.perf_counter() - t0)
+        m.batch_messages.observe(len(raw))
+        m.db_write_duration.observe(result.db_seconds)
+        for table, count in result.rows.items():
+            m.rows_written.labels(table).inc(count)
+        if batch.positions is not None:
+            m.lag.observe_many((result.commit_time_us - batch.positions["time"]) / 1e6)
+        if self._on_batch is not None:
+            self._on_batch(BatchReport(len(raw), result.rows, len(batch.dead_letters), acked))
+
+    def _write(self, batch: WriteBatch, stop: threading.Event) -> WriteResult | None:
+        delay = self._cfg.db.retry_s
+        deadline: float | None = None
+        while True:
+            try:
+                result = self._sink.write(batch)
+            except psycopg.Error as exc:
+                self._metrics.db_errors.inc()
+                self._metrics.db_up.set(0)
+                if self._db_ok:
+                    log.error("database write failed, holding acks and retrying: %s",
+                              str(exc).strip().splitlines()[0] if str(exc) else exc)
+                self._db_ok = False
+                if stop.is_set() and deadline is None:
+                    deadline = time.monotonic() + self._shutdown_timeout_s
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    return None
+                if deadline is None:
+                    stop.wait(delay)
+                else:
+                    time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if not self._db_ok:
+                log.info("database writes resumed")
+            self._db_ok = True
+            self._metrics.db_up.set(1)
+            return result
+
+    def _ack(self, mids: list[int], gen: int) -> int:
+        with self._lock:
+            if gen != self._gen:
+                return 0  # that connection is gone; its messages are being redelivered
+            ack = self._client.ack
+            for mid in mids:
+                ack(mid, 1)
+        self._metrics.acked.inc(len(mids))
+        return len(mids)

@@ -1,0 +1,82 @@
+"""``beiflow demo``: broker, database, ingest and simulated terminals on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import replace
+
+import psycopg
+
+from beiflow.devices.simulators.beidou import make_terminals, run_terminals
+from beiflow.ingest.broker import PrivateBroker
+from beiflow.ingest.config import Config, parse_mqtt_url
+from beiflow.ingest.db import migrate
+from beiflow.ingest.metrics import Metrics
+from beiflow.ingest.runner import start_ingest
+from beiflow.ingest.sink import us_to_datetime
+
+log = logging.getLogger(__name__)
+
+
+def summary_line(dsn: str, metrics: Metrics, since_us: int, elapsed_s: float) -> str:
+    """One line on what has landed since the demo started, read back from the database."""
+    with psycopg.connect(dsn) as conn:
+        since = us_to_datetime(since_us)
+        n_pos, n_dev = conn.execute(
+            "SELECT count(*), count(DISTINCT device_id) FROM positions WHERE received_at >= %s",
+            (since,)).fetchone() or (0, 0)
+        (n_dead,) = conn.execute(
+            "SELECT count(*) FROM dead_letters WHERE received_at >= %s", (since,)
+        ).fetchone() or (0,)
+    r = metrics.registry
+    lag_n = r.get_sample_value("beiflow_end_to_end_lag_seconds_count") or 0
+    lag_sum = r.get_sample_value("beiflow_end_to_end_lag_seconds_sum") or 0.0
+    lag = f"{lag_sum / lag_n * 1000:.0f} ms" if lag_n else "n/a"
+    return (f"[{elapsed_s:6.0f} s] positions {n_pos} from {n_dev} devices "
+            f"({n_pos / max(elapsed_s, 1e-9):.1f}/s), dead letters {n_dead}, "
+            f"mean lag device->commit {lag}")
+
+
+def run_demo(cfg: Config, args: argparse.Namespace, *, explicit_broker: bool) -> int:
+    """Run until ``--duration`` elapses or Ctrl-C; print a summary every few seconds."""
+    broker = None if explicit_broker else PrivateBroker().start()
+    if broker is not None:
+        cfg = replace(cfg, mqtt=replace(cfg.mqtt, url=broker.url,
+                                        client_id=f"beiflow-demo-{broker.port}"))
+        log.info("private broker on %s (our limits: see deploy/mosquitto)", broker.url)
+    migrate(cfg.db.dsn)
+    metrics = Metrics()
+    ingest = start_ingest(cfg, metrics=metrics)
+    started_us = time.time_ns() // 1000
+    t0 = time.monotonic()
+    done = threading.Event()
+
+    def summaries() -> None:
+        while not done.wait(args.summary_every):
+            print(summary_line(cfg.db.dsn, metrics, started_us, time.monotonic() - t0),
+                  flush=True)
+
+    threading.Thread(target=summaries, name="summary", daemon=True).start()
+    url = parse_mqtt_url(cfg.mqtt.url)
+    terminals = make_terminals(args.devices, seed=args.seed)
+    print(f"demo: {len(terminals)} Beidou terminals around Yantai port -> {cfg.mqtt.url}; "
+          f"metrics on http://{ingest.server.host}:{ingest.server.port}/metrics", flush=True)
+    try:
+        asyncio.run(run_terminals(
+            terminals, host=url.host, port=url.port, root=cfg.mqtt.topic_root, site="yantai",
+            rate_hz=args.rate, duration_s=args.duration or float("inf"),
+            username=url.username, password=url.password))
+        time.sleep(cfg.batch.max_age_ms / 1000 + 0.5)  # let the last batch commit
+    except KeyboardInterrupt:
+        print("demo: stopping", flush=True)
+    finally:
+        done.set()
+        ingest.close()
+        print(summary_line(cfg.db.dsn, metrics, started_us, time.monotonic() - t0), flush=True)
+        if broker is not None:
+            broker.close()
+    return 0
