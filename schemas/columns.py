@@ -59,6 +59,16 @@ class FixFlag(IntFlag):
     DATE_FROM_RECEIVE = 4
     #: No valid fix in this epoch (RMC status V, GGA quality 0, or no coordinates).
     NO_FIX = 8
+    #: Speed implied by the previous fix of the device exceeds the plausible bound.
+    JUMP = 16
+    #: Same position and time as the device's previous fix.
+    DUPLICATE = 32
+    #: Device time earlier than the device's latest fix (out of order).
+    TIME_BACKWARDS = 64
+    #: Coordinates at (0, 0): a receiver reporting a default position.
+    NULL_ISLAND = 128
+    #: Fix quality or HDOP too poor to trust for geofencing.
+    POOR_QUALITY = 256
 
 
 class DateSource:
@@ -118,3 +128,24 @@ def empty_columns(columns: tuple[Column, ...], n: int) -> dict[str, np.ndarray]:
         else:
             out[col.name] = np.full(n, INT_NULL, dtype=col.dtype)
     return out
+
+
+#: Columns of a sensor-reading batch (one row per device, time and metric); the batch
+#: also carries ``device`` (int32), ``metric`` (int32 code into the process's metric
+#: table) and ``msg`` (int32 message index).
+SENSOR_COLUMNS: tuple[Column, ...] = (
+    _c("time", "int64", "timestamptz", "us", "device time of the sample"),
+    _c("received_at", "int64", "timestamptz", "us", "arrival time at the collector"),
+    _c("value", "float64", "double precision", "", "the reading, in the unit its name ends in"),
+)
+
+#: Columns of an RFID-read batch (one row per tag read); plus ``device`` (the reader,
+#: int32), ``msg`` (int32) and ``epc`` (object array of upper-case hex strings).
+RFID_COLUMNS: tuple[Column, ...] = (
+    _c("time", "int64", "timestamptz", "us", "read time"),
+    _c("received_at", "int64", "timestamptz", "us", "arrival time at the collector"),
+    _c("antenna", "int16", "smallint", "", "reader antenna port, -1 unknown"),
+    _c("rssi_dbm", "float64", "real", "dBm", "received signal strength"),
+    _c("phase_deg", "float64", "real", "deg", "backscatter phase, NaN unknown"),
+    _c("read_count", "int32", "integer", "", "reads aggregated into this row, -1 unknown"),
+)
