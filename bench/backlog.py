@@ -40,7 +40,6 @@ from beiflow.ingest.collector import BatchReport
 from beiflow.ingest.config import Config, load_config, parse_mqtt_url
 from beiflow.ingest.db import migrate
 from beiflow.ingest.metrics import Metrics
-from beiflow.ingest.replay import publish_in_order
 from beiflow.ingest.runner import start_ingest
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -86,8 +85,14 @@ def queue_backlog(url: str, client_id: str, root: str, msgs: list[tuple[str, byt
         raise RuntimeError("no SUBACK")
     c.disconnect()
     c.loop_stop()
+    publish_fleet(url, root, msgs)
+
+
+def publish_fleet(url: str, root: str, msgs: list[tuple[str, bytes]]) -> None:
+    """Publish each device's messages on its own topic, QoS 1, devices interleaved in
+    time order as a fleet publishes; at most 5,000 outstanding (paho drops beyond its
+    queue while publish() still reports success)."""
     u = parse_mqtt_url(url)
-    # devices interleaved in time order, as a fleet publishes; bounded outstanding window
     publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     publisher.max_inflight_messages_set(1000)
     publisher.connect(u.host, u.port)
@@ -157,21 +162,18 @@ _BASELINE_INSERT = (
 
 
 def drain_baseline(url: str, client_id: str, dsn: str, n: int) -> float:
-    """(c) a typical consumer: auto-ack, pynmea2 per sentence, executemany per 1,000 rows."""
+    """(c) a typical consumer: paho auto-ack, pynmea2 per sentence, and executemany of
+    every 1,000 rows from the message callback, as the usual examples are written."""
     done = threading.Event()
     rows: list[tuple[object, ...]] = []
-    lock = threading.Lock()
     got = 0
     conn = psycopg.connect(dsn)
 
     def flush() -> None:
-        with lock:
-            batch = rows[:]
-            rows.clear()
-        if batch:
-            with conn.cursor() as cur:
-                cur.executemany(_BASELINE_INSERT, batch)
-            conn.commit()
+        with conn.cursor() as cur:
+            cur.executemany(_BASELINE_INSERT, rows)
+        conn.commit()
+        rows.clear()
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         nonlocal got
@@ -191,20 +193,19 @@ def drain_baseline(url: str, client_id: str, dsn: str, n: int) -> float:
                 fix["alt"] = float(s.altitude)
                 fix["q"], fix["sats"] = int(s.gps_qual), int(s.num_sats)
                 fix["hdop"] = float(s.horizontal_dil)
-        with lock:
-            rows.append((fix["time"], device, fix["lat"], fix["lon"], fix["alt"], fix["speed"],
-                         fix["course"], fix["q"], fix["sats"], fix["hdop"]))
-            got += 1
-            if got >= n:
-                done.set()
+        rows.append((fix["time"], device, fix["lat"], fix["lon"], fix["alt"], fix["speed"],
+                     fix["course"], fix["q"], fix["sats"], fix["hdop"]))
+        got += 1
+        if len(rows) >= 1000 or got >= n:
+            flush()
+        if got >= n:
+            done.set()
 
     t0 = time.perf_counter()
     c = _connect(url, client_id, manual_ack=False, on_message=on_message)
     c.loop_start()
-    while not done.is_set():
-        if len(rows) >= 1000 or not done.wait(0.05):
-            flush()
-    flush()
+    if not done.wait(900):
+        raise RuntimeError(f"baseline got {got}/{n}")
     elapsed = time.perf_counter() - t0
     c.disconnect()
     c.loop_stop()
@@ -213,7 +214,8 @@ def drain_baseline(url: str, client_id: str, dsn: str, n: int) -> float:
 
 
 def live_rate(cfg: Config, msgs: list[tuple[str, bytes]]) -> float:
-    """Fixes/s committed while a publisher sends ``msgs`` as fast as the broker takes them."""
+    """Fixes/s committed while a fleet publisher sends ``msgs`` as fast as it can, on the
+    same two cores: first publish to last commit."""
     n = len(msgs)
     done = threading.Event()
     acked = 0
@@ -226,11 +228,12 @@ def live_rate(cfg: Config, msgs: list[tuple[str, bytes]]) -> float:
 
     ing = start_ingest(cfg, metrics=Metrics(), on_batch=on_batch)
     try:
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while not ing.collector.ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # SUBACK
         t0 = time.perf_counter()
-        url = parse_mqtt_url(cfg.mqtt.url)
-        publish_in_order(url, f"{cfg.mqtt.topic_root}/bench/live/nmea",
-                         [p for _, p in msgs], rate_hz=0, window=5000)
+        publish_fleet(cfg.mqtt.url, cfg.mqtt.topic_root, msgs)
         if not done.wait(600):
             raise RuntimeError(f"live: acked {acked}/{n}")
         return n / (time.perf_counter() - t0)

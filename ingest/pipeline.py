@@ -23,7 +23,8 @@ _STREAM_CODE: dict[str, int] = {name: code for code, name in enumerate(_STREAM_N
 class RawBatch:
     """Messages as the collector received them, in arrival order."""
 
-    topics: list[str] = field(default_factory=list)
+    #: Topics as raw UTF-8 bytes, as they arrive on the wire.
+    topics: list[bytes] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)
     received_us: list[int] = field(default_factory=list)
 
@@ -71,6 +72,12 @@ class Pipeline:
         for k in np.flatnonzero(topic_ok & ~fits):
             dead.append(self._dead(raw, int(k), "oversize", streams[k], int(device[k]),
                                    f"{size[k]} bytes > {self._max_payload}"))
+        # An empty retained status clears the retained message (MQTT's way); elsewhere an
+        # empty payload carries nothing and is recorded as such.
+        empty = topic_ok & (size == 0)
+        for k in np.flatnonzero(empty & (stream != _STREAM_CODE["status"])):
+            dead.append(self._dead(raw, int(k), "empty_payload", streams[k], int(device[k])))
+        fits &= ~empty
         statuses: list[tuple[int, str, int]] = []
         for k in np.flatnonzero(topic_ok & fits & (stream == _STREAM_CODE["status"])):
             value = raw.payloads[k].strip().lower()
@@ -134,7 +141,7 @@ class Pipeline:
         body = raw.payloads[k] if payload is None else payload
         return DeadLetter(
             received_at_us=raw.received_us[k],
-            topic=raw.topics[k],
+            topic=raw.topics[k].decode("utf-8", "replace"),
             payload=body[: self._max_payload],
             error=reason,
             stream=stream,

@@ -47,19 +47,23 @@ class TopicParser:
     def __init__(self, root: str, devices: DeviceIndex, *, max_cached: int = 1_000_000) -> None:
         self._prefix = root.rstrip("/") + "/"
         self._devices = devices
-        self._cache: dict[str, TopicInfo] = {}
+        self._cache: dict[bytes, TopicInfo] = {}
         self._max_cached = max_cached
 
     def subscription(self) -> str:
         """The wildcard filter covering every device topic."""
         return f"{self._prefix}+/+/+"
 
-    def parse(self, topic: str) -> TopicInfo:
-        """Parse one topic; invalid ones get ``device=-1`` and an error reason."""
+    def parse(self, topic: bytes) -> TopicInfo:
+        """Parse one topic (raw UTF-8 bytes as received); invalid ones get ``device=-1``
+        and an error reason."""
         info = self._cache.get(topic)
         if info is not None:
             return info
-        info = self._parse(topic)
+        try:
+            info = self._parse(topic.decode("utf-8"))
+        except UnicodeDecodeError:
+            info = TopicInfo(-1, "unknown", "bad_topic")
         if len(self._cache) < self._max_cached:
             self._cache[topic] = info
         return info

@@ -107,3 +107,30 @@ def test_metrics_and_health_endpoints(config: Config, run_ingest: Callable[..., 
         assert f"# TYPE {name.removesuffix('_total')}" in body, name
     assert urllib.request.urlopen(f"{base}/healthz", timeout=5).status == 200
     assert urllib.request.urlopen(f"{base}/readyz", timeout=5).status == 200
+
+
+def test_messages_with_v5_properties_take_paho_path_and_land(
+        config: Config, run_ingest: Callable[..., Ingest], db_dsn: str) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    run_ingest(config)
+    url = parse_mqtt_url(config.mqtt.url)
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = 3600
+    props.UserProperty = ("vendor", "acme-bd")
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect(url.host, url.port)
+    pub.loop_start()
+    for payload in (make_log(1, start=START, seed=31), b""):
+        pub.publish(f"{config.mqtt.topic_root}/yantai/prop-1/nmea", payload, qos=1,
+                    properties=props).wait_for_publish(10)
+    pub.disconnect()
+    pub.loop_stop()
+    wait_for(lambda: count(db_dsn, "SELECT count(*) FROM positions WHERE device_id = 'prop-1'")
+             == 1, what="the message with properties")
+    wait_for(lambda: count(db_dsn, "SELECT count(*) FROM dead_letters WHERE device_id ="
+                                   " 'prop-1' AND error = 'empty_payload'") == 1,
+             what="the empty payload dead-lettered")
