@@ -74,7 +74,8 @@ def _connect(url: str, client_id: str, *, manual_ack: bool,
     return c
 
 
-def queue_backlog(url: str, client_id: str, root: str, msgs: list[tuple[str, bytes]]) -> None:
+def queue_backlog(url: str, client_id: str, root: str, msgs: list[tuple[str, bytes]], *,
+                  stream: str = "nmea") -> None:
     """Create the persistent session, go away, and publish the backlog into it."""
     subscribed = threading.Event()
     c = _connect(url, client_id, manual_ack=True)
@@ -85,10 +86,11 @@ def queue_backlog(url: str, client_id: str, root: str, msgs: list[tuple[str, byt
         raise RuntimeError("no SUBACK")
     c.disconnect()
     c.loop_stop()
-    publish_fleet(url, root, msgs)
+    publish_fleet(url, root, msgs, stream=stream)
 
 
-def publish_fleet(url: str, root: str, msgs: list[tuple[str, bytes]]) -> None:
+def publish_fleet(url: str, root: str, msgs: list[tuple[str, bytes]], *,
+                  stream: str = "nmea") -> None:
     """Publish each device's messages on its own topic, QoS 1, devices interleaved in
     time order as a fleet publishes; at most 5,000 outstanding (paho drops beyond its
     queue while publish() still reports success)."""
@@ -99,7 +101,7 @@ def publish_fleet(url: str, root: str, msgs: list[tuple[str, bytes]]) -> None:
     publisher.loop_start()
     infos = []
     for dev, payload in msgs:
-        infos.append(publisher.publish(f"{root}/bench/{dev}/nmea", payload, qos=1))
+        infos.append(publisher.publish(f"{root}/bench/{dev}/{stream}", payload, qos=1))
         if len(infos) >= 5000:
             for info in infos:
                 info.wait_for_publish(30)

@@ -24,6 +24,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from beiflow.ingest.config import Config, parse_mqtt_url
+from beiflow.ingest.geofences import FenceWatcher, load_membership
 from beiflow.ingest.metrics import Metrics
 from beiflow.ingest.pipeline import Pipeline, RawBatch
 from beiflow.ingest.sink import TimescaleSink, WriteBatch, WriteResult
@@ -100,6 +101,8 @@ class Collector:
         # QoS 0 has no redelivery and no Receive Maximum: beyond this it is shed and counted.
         self._max_buffered = max(config.mqtt.receive_maximum, config.batch.max_messages) * 2
         self._shutdown_timeout_s = 10.0
+        self._fences = FenceWatcher(config.db.dsn)
+        self._fences_loaded = False
         self._client = self._make_client()
         self._writing = 0
         metrics.queue_depth.labels("collector").set_function(
@@ -153,7 +156,7 @@ class Collector:
     def _on_message(self, _client: mqtt.Client, _userdata: object,
                     msg: mqtt.MQTTMessage) -> None:
         """paho's regular path (messages carrying v5 properties)."""
-        self._on_publish(msg.topic.encode(), msg.payload, msg.mid, msg.qos)
+        self._on_publish(msg.topic.encode(), bytes(msg.payload), msg.mid, msg.qos)
 
     def _on_publish(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
         now_us = time.time_ns() // 1000
@@ -210,19 +213,48 @@ class Collector:
         """
         self._shutdown_timeout_s = shutdown_timeout_s
         max_age = self._cfg.batch.max_age_ms / 1000
+        next_poll = next_idle = 0.0
         while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_poll:
+                self._poll_fences()
+                next_poll = now + self._cfg.geofence.poll_s
             with self._lock:
                 n, first = len(self._buf), self._first_at
-            age = time.monotonic() - first
+            age = now - first
             if n >= self._cfg.batch.max_messages or (n and age >= max_age):
                 self._flush(stop)
+                next_idle = time.monotonic() + 1.0
                 continue
+            if not n and now >= next_idle:
+                idle = self._pipeline.idle(time.time_ns() // 1000)
+                if idle is not None:
+                    self._write(idle, stop)
+                next_idle = now + 1.0
             self._wake.wait(max_age - age if n else 0.25)
             self._wake.clear()
         self._flush(stop)
         self._client.disconnect()
         self._client.loop_stop()
         self._sink.close()
+
+    def _poll_fences(self) -> None:
+        """Pick up fence changes (and, the first time, who is inside which fence)."""
+        try:
+            fences = self._fences.poll()
+            if fences is None:
+                return
+            membership = None
+            if not self._fences_loaded:
+                with psycopg.connect(self._cfg.db.dsn, connect_timeout=5) as conn:
+                    membership = load_membership(conn)
+        except psycopg.Error as exc:
+            log.warning("cannot load geofences yet: %s", str(exc).strip().splitlines()[0])
+            return
+        self._pipeline.set_fences(fences, membership)
+        log.info("geofences: %d loaded%s", len(fences),
+                 f", {len(membership.device_id)} memberships restored" if membership else "")
+        self._fences_loaded = True
 
     def _take(self) -> tuple[RawBatch, list[int], int]:
         with self._lock:
@@ -237,7 +269,12 @@ class Collector:
         t0 = time.perf_counter()
         self._writing = len(raw)
         try:
-            batch = self._pipeline.process(raw)
+            try:
+                batch = self._pipeline.process(raw)
+            except Exception as exc:  # a bug must not stall ingest nor lose the messages
+                log.exception("batch of %d messages failed in the pipeline; storing them as"
+                              " dead letters", len(raw))
+                batch = self._pipeline.quarantine(raw, exc)
             result = self._write(batch, stop)
             if result is None:
                 log.warning("shutdown: %d messages not committed; the broker will redeliver "

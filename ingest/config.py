@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
 from urllib.parse import unquote, urlsplit
 
 
@@ -72,6 +72,43 @@ class NmeaSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SensorSettings:
+    """Sensor payload limits (schemas/sensor.json)."""
+
+    future_tolerance_s: float = 300.0
+    past_tolerance_s: float = 30 * 86400.0
+    max_samples: int = 1000
+    max_metrics: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class RfidSettings:
+    """RFID payload limits (schemas/rfid.json)."""
+
+    future_tolerance_s: float = 300.0
+    past_tolerance_s: float = 30 * 86400.0
+    max_reads: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class GeofenceSettings:
+    """Geofence events."""
+
+    #: Consecutive fixes on the new side of a boundary before enter/exit (1: no debounce).
+    debounce: int = 3
+    #: Seconds between checks of the ``geofences`` table for changes (no restart needed).
+    poll_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class DevicesSettings:
+    """What the pipeline knows of devices beyond their topics."""
+
+    #: Device id glob -> kind (road, vessel, rail, crane): selects the jump speed bound.
+    kinds: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """Input limits; anything beyond them is dead-lettered with a reason."""
 
@@ -87,6 +124,10 @@ class Config:
     batch: BatchConfig = field(default_factory=BatchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     nmea: NmeaSettings = field(default_factory=NmeaSettings)
+    sensor: SensorSettings = field(default_factory=SensorSettings)
+    rfid: RfidSettings = field(default_factory=RfidSettings)
+    geofence: GeofenceSettings = field(default_factory=GeofenceSettings)
+    devices: DevicesSettings = field(default_factory=DevicesSettings)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
@@ -101,7 +142,12 @@ ENV_KEYS: dict[str, str] = {
 }
 
 
-def _coerce(value: Any, typ: type, path: str) -> Any:
+def _coerce(value: Any, typ: Any, path: str) -> Any:
+    if get_origin(typ) is dict:
+        if isinstance(value, Mapping) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return dict(value)
+        raise ConfigError(f"{path}: expected a table of strings, got {value!r}")
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -198,6 +244,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("batch.max_messages and batch.max_age_ms must be positive")
     if cfg.limits.max_payload_bytes < 64:
         raise ConfigError("limits.max_payload_bytes: must be at least 64")
+    if cfg.geofence.debounce < 1:
+        raise ConfigError("geofence.debounce: must be at least 1")
+    kinds = {"road", "vessel", "rail", "crane"}
+    for pattern, kind in cfg.devices.kinds.items():
+        if kind not in kinds:
+            raise ConfigError(f"devices.kinds.{pattern}: kind must be one of {sorted(kinds)}")
 
 
 @dataclass(frozen=True, slots=True)

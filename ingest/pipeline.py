@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 import numpy as np
 
 from beiflow.ingest.config import Config
+from beiflow.ingest.geofences import Membership
+from beiflow.ingest.jsonbatch import JsonRejects
 from beiflow.ingest.metrics import Metrics
 from beiflow.ingest.nmea import NmeaConfig, NmeaState, decode_batch
+from beiflow.ingest.rfid import RfidConfig, decode_rfid
+from beiflow.ingest.sensor import MetricTable, SensorConfig, decode_sensor
 from beiflow.ingest.sink import DeadLetter, WriteBatch
 from beiflow.ingest.topics import STREAMS, DeviceIndex, TopicParser
 from beiflow.processing.batch import merge_duplicate_keys
+from beiflow.processing.config import DeviceKind
+from beiflow.processing.core import Core, CoreConfig
+from beiflow.processing.events import AnomalyBatch, GeofenceEventBatch
+from beiflow.processing.geofence import FenceDef, GeofenceState
 from beiflow.schemas.columns import FixFlag
 
 _STATUS_VALUES = frozenset({b"online", b"offline"})
@@ -48,6 +59,12 @@ class Pipeline:
             require_checksum=n.require_checksum,
         )
         self._nmea_state = NmeaState()
+        self.metrics = MetricTable()
+        self._sensor_config = SensorConfig(**dataclasses.asdict(config.sensor))
+        self._rfid_config = RfidConfig(**dataclasses.asdict(config.rfid))
+        self.core = Core(CoreConfig(geofence_debounce=config.geofence.debounce))
+        self._kind_rules = tuple(config.devices.kinds.items())
+        self._offline_check_us = 0
 
     def process(self, raw: RawBatch) -> WriteBatch:
         """Everything this batch should commit: rows, dead letters, registry updates."""
@@ -85,20 +102,115 @@ class Pipeline:
                 statuses.append((int(device[k]), value.decode(), raw.received_us[k]))
             else:
                 dead.append(self._dead(raw, int(k), "bad_status", "status", int(device[k])))
-        for code in (_STREAM_CODE["rfid"], _STREAM_CODE["sensor"]):
-            for k in np.flatnonzero(topic_ok & fits & (stream == code)):
-                dead.append(self._dead(raw, int(k), "unsupported_stream", streams[k],
-                                       int(device[k]), "this version does not decode it yet"))
-
+        self._update_kinds()
+        anomalies: list[AnomalyBatch] = []
+        events = GeofenceEventBatch.empty()
         nmea_idx = np.flatnonzero(topic_ok & fits & (stream == _STREAM_CODE["nmea"]))
         positions = self._nmea(raw, nmea_idx, device, received, dead) if nmea_idx.size else None
+        if positions is not None and positions["time"].size:
+            core_out = self.core.positions(positions)
+            positions["flags"] = core_out.flags
+            anomalies.append(core_out.anomalies)
+            events = core_out.events
+        sensor_idx = np.flatnonzero(topic_ok & fits & (stream == _STREAM_CODE["sensor"]))
+        readings = None
+        if sensor_idx.size:
+            out = decode_sensor(self._select(raw, sensor_idx), device[sensor_idx],
+                                received[sensor_idx], self.metrics, self._sensor_config)
+            self._json_rejects(raw, sensor_idx, device, out.rejects, "sensor", dead)
+            readings = out.readings
+            if readings["time"].size:
+                anomalies.append(self.core.readings(readings, self.metrics.names))
+        rfid_idx = np.flatnonzero(topic_ok & fits & (stream == _STREAM_CODE["rfid"]))
+        reads = None
+        if rfid_idx.size:
+            out_r = decode_rfid(self._select(raw, rfid_idx), device[rfid_idx],
+                                received[rfid_idx], self._rfid_config)
+            self._json_rejects(raw, rfid_idx, device, out_r.rejects, "rfid", dead)
+            reads = out_r.reads
+            if reads["time"].size:
+                anomalies.append(self.core.reads(reads))
+        for rows in (readings, reads):
+            if rows is not None and rows["time"].size:
+                m.clock_skew.observe_many((rows["received_at"] - rows["time"]) / 1e6)
+        self.core.seen(device[topic_ok], received[topic_ok])
+        offline = [d for d, status, _ in statuses if status == "offline"]
+        anomalies.append(self.check_offline(int(received.max()) if n else 0, offline))
+        return self._assemble(raw, device, topic_ok, streams, received, positions, readings,
+                              reads, AnomalyBatch.concat(anomalies), events, dead, statuses)
+
+    def set_fences(self, defs: Sequence[FenceDef], membership: Membership | None = None) -> None:
+        """Use a new fence set; with ``membership`` (at start-up) also restore who is inside
+        which fence from the stored events."""
+        self.core.set_fences(defs)
+        if membership is None:
+            return
+        fence_of = {fid: i for i, fid in enumerate(self.core.fence_ids)}
+        keep = [j for j, fid in enumerate(membership.geofence_id) if fid in fence_of]
+        pick = np.asarray(keep, dtype=np.intp)
+        self.core.geofence = GeofenceState.restore(
+            np.array([self.devices.get(membership.device_id[j], membership.site[j])
+                      for j in keep], dtype=np.int64),
+            np.array([fence_of[membership.geofence_id[j]] for j in keep], dtype=np.int64),
+            np.asarray(membership.inside_since_us, dtype=np.int64)[pick],
+            np.asarray(membership.dwell_emitted, dtype=bool)[pick],
+            np.asarray(membership.last_time_us, dtype=np.int64)[pick])
+
+    def check_offline(self, now_us: int, offline: Sequence[int] = ()) -> AnomalyBatch:
+        """Offline anomalies: reported by status topics, or silent too long (checked at
+        most once a second)."""
+        if not offline and now_us - self._offline_check_us < 1_000_000:
+            return AnomalyBatch.empty()
+        self._offline_check_us = now_us
+        return self.core.offline(now_us, np.asarray(offline, dtype=np.intp) if offline
+                                 else None)
+
+    def quarantine(self, raw: RawBatch, exc: BaseException) -> WriteBatch:
+        """Every message of a batch the pipeline failed on, as ``internal_error`` dead
+        letters with their exact bytes: acknowledged, never lost, replayable later."""
+        detail = f"{type(exc).__name__}: {exc}"[:500]
+        dead = [self._dead(raw, k, "internal_error", "unknown", None, detail)
+                for k in range(len(raw))]
+        return WriteBatch(devices=[], msg_device=np.full(len(raw), -1),
+                          msg_stream=["unknown"] * len(raw),
+                          msg_received_at=np.asarray(raw.received_us, dtype=np.int64),
+                          dead_letters=dead)
+
+    def idle(self, now_us: int) -> WriteBatch | None:
+        """A batch with no messages, for what time alone produces (devices going silent)."""
+        found = self.check_offline(now_us)
+        if not len(found):
+            return None
+        empty = np.empty(0, dtype=np.int32)
+        return self._assemble(RawBatch(), empty, np.empty(0, bool), [], np.empty(0, np.int64),
+                              None, None, None, found, GeofenceEventBatch.empty(), [], [])
+
+    def _assemble(self, raw: RawBatch, device: np.ndarray, topic_ok: np.ndarray,
+                  streams: list[str], received: np.ndarray,
+                  positions: dict[str, np.ndarray] | None,
+                  readings: dict[str, np.ndarray] | None, reads: dict[str, np.ndarray] | None,
+                  anomalies: AnomalyBatch, events: GeofenceEventBatch,
+                  dead: list[DeadLetter], statuses: list[tuple[int, str, int]]) -> WriteBatch:
+        m = self._metrics
+        for kind, count in zip(*np.unique(anomalies.kind.astype(str), return_counts=True),
+                               strict=True):
+            m.anomalies.labels(kind).inc(int(count))
+        for event, count in zip(*np.unique(events.event.astype(str), return_counts=True),
+                                strict=True):
+            m.geofence_events.labels(event).inc(int(count))
 
         # Re-index the devices of this batch densely so the sink ships only them.
-        present = np.unique(device[topic_ok])
+        present = np.unique(np.concatenate([device[topic_ok], anomalies.device,
+                                            events.device]).astype(np.int64))
         remap = np.full(max(len(self.devices), 1), -1, dtype=np.int32)
         remap[present] = np.arange(present.size, dtype=np.int32)
-        if positions is not None:
-            positions["device"] = remap[positions["device"]]
+        for rows in (positions, readings, reads):
+            if rows is not None:
+                rows["device"] = remap[rows["device"]]
+        if len(anomalies):
+            anomalies = dataclasses.replace(anomalies, device=remap[anomalies.device])
+        if len(events):
+            events = dataclasses.replace(events, device=remap[events.device])
         return WriteBatch(
             devices=[(self.devices.ids[i], self.devices.sites[i]) for i in present],
             msg_device=np.where(topic_ok, remap[np.maximum(device, 0)], -1),
@@ -107,13 +219,43 @@ class Pipeline:
             positions=positions,
             dead_letters=dead,
             statuses=[(int(remap[d]), s, t) for d, s, t in statuses],
+            readings=readings,
+            metric_names=self.metrics.names,
+            reads=reads,
+            anomalies=anomalies,
+            geofence_events=events,
+            fence_ids=self.core.fence_ids,
         )
+
+    def _update_kinds(self) -> None:
+        """Device kind (vessel, crane, ...) of devices seen since the last batch."""
+        kinds = self.core.device_kind
+        n = len(self.devices)
+        if kinds.size == n:
+            return
+        new = np.full(n - kinds.size, -1, dtype=np.int64)
+        for j, device_id in enumerate(self.devices.ids[kinds.size:]):
+            for pattern, kind in self._kind_rules:
+                if fnmatchcase(device_id, pattern):
+                    new[j] = DeviceKind[kind.upper()]
+                    break
+        self.core.device_kind = np.concatenate([kinds, new])
+
+    @staticmethod
+    def _select(raw: RawBatch, idx: np.ndarray) -> list[bytes]:
+        return raw.payloads if idx.size == len(raw) else [raw.payloads[k] for k in idx]
+
+    def _json_rejects(self, raw: RawBatch, idx: np.ndarray, device: np.ndarray,
+                      rejects: JsonRejects, stream: str, dead: list[DeadLetter]) -> None:
+        for j in range(len(rejects)):
+            k = int(idx[int(rejects.msg[j])])
+            dead.append(self._dead(raw, k, str(rejects.reason[j]), stream, int(device[k]),
+                                   str(rejects.detail[j])))
 
     def _nmea(self, raw: RawBatch, idx: np.ndarray, device: np.ndarray, received: np.ndarray,
               dead: list[DeadLetter]) -> dict[str, np.ndarray]:
         m = self._metrics
-        payloads = raw.payloads if idx.size == len(raw) else [raw.payloads[k] for k in idx]
-        out = decode_batch(payloads, device[idx], received[idx], self._nmea_state,
+        out = decode_batch(self._select(raw, idx), device[idx], received[idx], self._nmea_state,
                            self._nmea_config)
         m.sentences.inc(out.sentences)
         for reason, count in out.skipped.items():

@@ -18,7 +18,8 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from beiflow.schemas.columns import POSITION_COLUMNS, Column
+from beiflow.processing.events import AnomalyBatch, GeofenceEventBatch
+from beiflow.schemas.columns import MERGE_AND_FLAGS, POSITION_COLUMNS, Column
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,15 @@ class WriteBatch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: (device index, "online" | "offline", arrival time) from status topics.
     statuses: list[tuple[int, str, int]] = field(default_factory=list)
+    #: Sensor readings (SENSOR_COLUMNS + device, metric) and the batch's metric names.
+    readings: dict[str, np.ndarray] | None = None
+    metric_names: list[str] = field(default_factory=list)
+    #: RFID reads (RFID_COLUMNS + device, epc, sgtin_* and gtin).
+    reads: dict[str, np.ndarray] | None = None
+    anomalies: AnomalyBatch | None = None
+    geofence_events: GeofenceEventBatch | None = None
+    #: Fence index -> geofence_id for ``geofence_events``.
+    fence_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +116,7 @@ def _null_if_missing(col: Column) -> sql.Composable:
 
 
 def _positions_upsert() -> sql.Composed:
-    and_flags = 8 | 4  # FixFlag.NO_FIX | FixFlag.DATE_FROM_RECEIVE
+    and_flags = MERGE_AND_FLAGS
     names = [c.name for c in POSITION_COLUMNS]
     select = [
         sql.SQL("s.{}").format(sql.Identifier(c.name)) if c.name in _TS_COLUMNS
@@ -154,6 +164,62 @@ def _stage_ddl() -> sql.Composed:
         "CREATE TEMP TABLE IF NOT EXISTS beiflow_stage_positions ({}) ON COMMIT DELETE ROWS"
     ).format(sql.SQL(", ").join(cols))
 
+
+_SENSOR_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS beiflow_stage_sensor (dev integer, metric integer,"
+    " time timestamptz, received_at timestamptz, value double precision)"
+    " ON COMMIT DELETE ROWS"
+)
+_SENSOR_INSERT = (
+    "INSERT INTO sensor_readings (time, device_id, metric, value, received_at)"
+    " SELECT s.time, d.device_id, m.metric, s.value, s.received_at FROM beiflow_stage_sensor s"
+    " JOIN unnest(%s::text[]) WITH ORDINALITY AS d(device_id, idx) ON d.idx = s.dev + 1"
+    " JOIN unnest(%s::text[]) WITH ORDINALITY AS m(metric, idx) ON m.idx = s.metric + 1"
+    " ON CONFLICT DO NOTHING"
+)
+_RFID_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS beiflow_stage_rfid (dev integer, tag integer,"
+    " time timestamptz, received_at timestamptz, antenna smallint, rssi_dbm double precision,"
+    " phase_deg double precision, read_count integer) ON COMMIT DELETE ROWS"
+)
+_RFID_INSERT = (
+    "INSERT INTO rfid_reads (time, device_id, epc, antenna, rssi_dbm, phase_deg, read_count,"
+    " received_at)"
+    " SELECT s.time, d.device_id, t.epc, s.antenna, s.rssi_dbm, NULLIF(s.phase_deg, 'NaN'),"
+    " NULLIF(s.read_count, -1), s.received_at FROM beiflow_stage_rfid s"
+    " JOIN unnest(%s::text[]) WITH ORDINALITY AS d(device_id, idx) ON d.idx = s.dev + 1"
+    " JOIN unnest(%s::text[]) WITH ORDINALITY AS t(epc, idx) ON t.idx = s.tag + 1"
+    " ON CONFLICT DO NOTHING"
+)
+_TAGS_UPSERT = (
+    "INSERT INTO rfid_tags AS g (epc, sgtin_filter, company_prefix, item_ref, serial, gtin,"
+    " first_seen, last_seen)"
+    " SELECT u.epc, NULLIF(u.filter, -1), u.prefix, u.item_ref, NULLIF(u.serial, -1), u.gtin,"
+    " u.first_seen, u.last_seen"
+    " FROM unnest(%s::text[], %s::smallint[], %s::text[], %s::text[], %s::bigint[], %s::text[],"
+    " %s::timestamptz[], %s::timestamptz[])"
+    " AS u(epc, filter, prefix, item_ref, serial, gtin, first_seen, last_seen)"
+    " ON CONFLICT (epc) DO UPDATE SET last_seen = EXCLUDED.last_seen,"
+    " first_seen = LEAST(g.first_seen, EXCLUDED.first_seen)"
+    " WHERE g.last_seen < EXCLUDED.last_seen OR g.first_seen > EXCLUDED.first_seen"
+)
+_ANOMALY_INSERT = (
+    "INSERT INTO anomalies (time, device_id, stream, kind, score, detail)"
+    " SELECT u.time, d.device_id, u.stream, u.kind, u.score, u.detail::jsonb"
+    " FROM unnest(%s::timestamptz[], %s::int[], %s::text[], %s::text[], %s::float8[],"
+    " %s::text[]) AS u(time, dev, stream, kind, score, detail)"
+    " JOIN unnest(%s::text[]) WITH ORDINALITY AS d(device_id, idx) ON d.idx = u.dev + 1"
+    " ON CONFLICT DO NOTHING"
+)
+_EVENT_INSERT = (
+    "INSERT INTO geofence_events (time, device_id, geofence_id, event, detail)"
+    " SELECT u.time, d.device_id, f.geofence_id, u.event, u.detail::jsonb"
+    " FROM unnest(%s::timestamptz[], %s::int[], %s::int[], %s::text[], %s::text[])"
+    " AS u(time, dev, fence, event, detail)"
+    " JOIN unnest(%s::text[]) WITH ORDINALITY AS d(device_id, idx) ON d.idx = u.dev + 1"
+    " JOIN unnest(%s::text[]) WITH ORDINALITY AS f(geofence_id, idx) ON f.idx = u.fence + 1"
+    " ON CONFLICT DO NOTHING"
+)
 
 _DEAD_STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS beiflow_stage_dead (received_at timestamptz, topic text,"
@@ -205,8 +271,8 @@ class TimescaleSink:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self._dsn, autocommit=False, connect_timeout=5)
             with self._conn.transaction():
-                self._conn.execute(_stage_ddl())
-                self._conn.execute(_DEAD_STAGE)
+                for ddl in (_stage_ddl(), _DEAD_STAGE, _SENSOR_STAGE, _RFID_STAGE):
+                    self._conn.execute(ddl)
         return self._conn
 
     def close(self) -> None:
@@ -260,6 +326,25 @@ class TimescaleSink:
                     copy.write(binary_copy(cols))
                 cur.execute(self._upsert, (ids,))
                 rows["positions"] = cur.rowcount
+            if batch.readings is not None and batch.readings["time"].size:
+                rows["sensor_readings"] = self._write_sensor(cur, batch.readings,
+                                                             batch.metric_names, ids)
+            if batch.reads is not None and batch.reads["time"].size:
+                rows["rfid_reads"] = self._write_rfid(cur, batch.reads, ids)
+            if batch.anomalies is not None and len(batch.anomalies):
+                a = batch.anomalies
+                cur.execute(_ANOMALY_INSERT, (
+                    [us_to_datetime(t) for t in a.time.tolist()], a.device.tolist(),
+                    a.stream.tolist(), a.kind.tolist(), a.score.tolist(), a.detail.tolist(),
+                    ids))
+                rows["anomalies"] = cur.rowcount
+            if batch.geofence_events is not None and len(batch.geofence_events):
+                e = batch.geofence_events
+                cur.execute(_EVENT_INSERT, (
+                    [us_to_datetime(t) for t in e.time.tolist()], e.device.tolist(),
+                    e.fence.tolist(), e.event.tolist(), e.detail.tolist(), ids,
+                    batch.fence_ids))
+                rows["geofence_events"] = cur.rowcount
             if batch.dead_letters:
                 with cur.copy("COPY beiflow_stage_dead FROM STDIN") as copy:
                     for dl in batch.dead_letters:
@@ -271,6 +356,43 @@ class TimescaleSink:
                 cur.execute(_DEAD_INSERT)
                 rows["dead_letters"] = cur.rowcount
         return rows
+
+    @staticmethod
+    def _write_sensor(cur: psycopg.Cursor, r: dict[str, np.ndarray], metric_names: list[str],
+                      ids: list[str]) -> int:
+        with cur.copy("COPY beiflow_stage_sensor (dev, metric, time, received_at, value)"
+                      " FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(binary_copy([
+                (r["device"], "int32", False), (r["metric"], "int32", False),
+                (r["time"], "int64", True), (r["received_at"], "int64", True),
+                (r["value"], "float64", False)]))
+        cur.execute(_SENSOR_INSERT, (ids, metric_names))
+        return cur.rowcount
+
+    @staticmethod
+    def _write_rfid(cur: psycopg.Cursor, r: dict[str, np.ndarray], ids: list[str]) -> int:
+        epcs, first, tag = np.unique(r["epc"].astype(str), return_index=True,
+                                     return_inverse=True)
+        with cur.copy("COPY beiflow_stage_rfid (dev, tag, time, received_at, antenna,"
+                      " rssi_dbm, phase_deg, read_count) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(binary_copy([
+                (r["device"], "int32", False), (tag.astype(np.int32), "int32", False),
+                (r["time"], "int64", True), (r["received_at"], "int64", True),
+                (r["antenna"], "int16", False), (r["rssi_dbm"], "float64", False),
+                (r["phase_deg"], "float64", False), (r["read_count"], "int32", False)]))
+        cur.execute(_RFID_INSERT, (ids, epcs.tolist()))
+        inserted = cur.rowcount
+        t_first = np.full(epcs.size, np.iinfo(np.int64).max)
+        t_last = np.full(epcs.size, np.iinfo(np.int64).min)
+        np.minimum.at(t_first, tag, r["time"])
+        np.maximum.at(t_last, tag, r["time"])
+        cur.execute(_TAGS_UPSERT, (
+            epcs.tolist(), r["sgtin_filter"][first].tolist(),
+            r["sgtin_company_prefix"][first].tolist(), r["sgtin_item_ref"][first].tolist(),
+            r["sgtin_serial"][first].tolist(), r["gtin"][first].tolist(),
+            [us_to_datetime(t) for t in t_first.tolist()],
+            [us_to_datetime(t) for t in t_last.tolist()]))
+        return inserted
 
     @staticmethod
     def _write_devices(cur: psycopg.Cursor, batch: WriteBatch) -> None:

@@ -65,11 +65,15 @@ class RfidSites:
     def kind_of(self, zone: np.ndarray) -> np.ndarray:
         """Kind code of each zone id (-1 for none)."""
         ok = (zone >= 0) & (zone < self.zone_kind.size)
+        if not ok.any():
+            return np.full(zone.shape, -1, dtype=np.int64)
         return np.where(ok, self.zone_kind[np.where(ok, zone, 0)], -1)
 
     def is_cold(self, kind: np.ndarray) -> np.ndarray:
         """Whether each kind code is a cold kind."""
         ok = (kind >= 0) & (kind < self.cold_kind.size)
+        if not ok.any():
+            return ok
         return ok & self.cold_kind[np.where(ok, kind, 0)]
 
 

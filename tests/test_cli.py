@@ -21,7 +21,7 @@ from tests.conftest import count, wait_for
 from tests.nmea_log import make_log
 
 COMMANDS = [["demo"], ["ingest"], ["simulate"], ["replay"], ["decode"], ["db"],
-            ["db", "migrate"], ["config"]]
+            ["db", "migrate"], ["geofence"], ["geofence", "import"], ["config"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)

@@ -134,3 +134,35 @@ def test_messages_with_v5_properties_take_paho_path_and_land(
     wait_for(lambda: count(db_dsn, "SELECT count(*) FROM dead_letters WHERE device_id ="
                                    " 'prop-1' AND error = 'empty_payload'") == 1,
              what="the empty payload dead-lettered")
+
+
+def test_a_pipeline_bug_quarantines_the_batch_and_ingest_keeps_going(
+        config: Config, run_ingest: Callable[..., Ingest], db_dsn: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ing = run_ingest(config)
+    pipeline = ing.collector._pipeline  # inject a fault into the real object
+    real = pipeline.process
+    calls = {"n": 0}
+
+    def fail_once(raw: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected bug")
+        return real(raw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "process", fail_once)
+    url = parse_mqtt_url(config.mqtt.url)
+    topic = f"{config.mqtt.topic_root}/yantai/bug-1/nmea"
+    first = make_log(1, start=START, seed=41)
+    publish_in_order(url, topic, [first], rate_hz=0)
+    wait_for(lambda: count(db_dsn, "SELECT count(*) FROM dead_letters WHERE topic = %s"
+                                   " AND error = 'internal_error'", topic) == 1,
+             what="the failed batch quarantined")
+    publish_in_order(url, topic, [make_log(1, start=START, seed=42)], rate_hz=0)
+    wait_for(lambda: count(db_dsn, "SELECT count(*) FROM positions WHERE device_id = 'bug-1'")
+             == 1, what="the next batch processed normally")
+    with psycopg.connect(db_dsn) as conn:
+        (payload,) = conn.execute("SELECT payload FROM dead_letters WHERE topic = %s",
+                                  (topic,)).fetchone()
+    assert payload == first
+    assert _sample(ing, "beiflow_messages_acked_total") == 2

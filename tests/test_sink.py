@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from beiflow.ingest.sink import DeadLetter, TimescaleSink, WriteBatch, binary_copy
+from beiflow.processing.events import AnomalyBatch, GeofenceEventBatch
 from beiflow.schemas.columns import POSITION_COLUMNS, DateSource, FixFlag, empty_columns
 
 T0 = 1_700_000_000_123_456  # 2023-11-14T22:13:20.123456Z in microseconds
@@ -123,3 +124,68 @@ def test_dead_letters_and_device_registry(sink: TimescaleSink, db_dsn: str) -> N
             " WHERE device_id = 'dev-dl'").fetchone()
     assert site == "site-a" and streams == ["nmea", "status"] and status == "online"
     assert (last - first).total_seconds() == pytest.approx(10e-6)
+
+
+def test_sensor_rfid_anomalies_and_events_land_once(sink: TimescaleSink, db_dsn: str) -> None:
+    readings = {
+        "time": np.array([T0, T0, T0 + 1_000_000], dtype=np.int64),
+        "received_at": np.full(3, T0 + 2_000_000, dtype=np.int64),
+        "value": np.array([229.8, 12.25, -18.5]),
+        "device": np.array([0, 0, 1], dtype=np.int32),
+        "metric": np.array([0, 1, 2], dtype=np.int32),
+    }
+    epc = "3074257BF7194E4000001A85"
+    reads = {
+        "time": np.array([T0, T0 + 500], dtype=np.int64),
+        "received_at": np.full(2, T0 + 2_000_000, dtype=np.int64),
+        "antenna": np.array([1, 2], dtype=np.int16),
+        "rssi_dbm": np.array([-52.5, -60.0]),
+        "phase_deg": np.array([87.25, np.nan]),
+        "read_count": np.array([3, -1], dtype=np.int32),
+        "device": np.array([2, 2], dtype=np.int32),
+        "epc": np.array([epc, "E2801160600002084F1B7C8D"], dtype=object),
+        "sgtin_filter": np.array([3, -1], dtype=np.int16),
+        "sgtin_company_prefix": np.array(["0614141", None], dtype=object),
+        "sgtin_item_ref": np.array(["812345", None], dtype=object),
+        "sgtin_serial": np.array([6789, -1], dtype=np.int64),
+        "gtin": np.array(["80614141123458", None], dtype=object),
+    }
+    anomalies = AnomalyBatch(np.array([T0], np.int64), np.array([1], np.int32),
+                             np.array(["sensor"], object), np.array(["out_of_range"], object),
+                             np.array([2.5]), np.array(['{"limit": -15}'], object))
+    events = GeofenceEventBatch(np.array([T0], np.int64), np.array([0], np.int32),
+                                np.array([1], np.int32), np.array(["enter"], object),
+                                np.array(["{}"], object))
+    batch = WriteBatch(
+        devices=[("grid-1", "s"), ("reefer-1", "s"), ("gate-1", "s")],
+        msg_device=np.array([0, 1, 2]), msg_stream=["sensor", "sensor", "rfid"],
+        msg_received_at=np.full(3, T0), readings=readings,
+        metric_names=["voltage_v", "current_a", "temp_c"], reads=reads,
+        anomalies=anomalies, geofence_events=events, fence_ids=["gate-a", "berth-3"])
+    first = sink.write(batch).rows
+    assert first == {"sensor_readings": 3, "rfid_reads": 2, "anomalies": 1,
+                     "geofence_events": 1}
+    assert sink.write(batch).rows == {"sensor_readings": 0, "rfid_reads": 0, "anomalies": 0,
+                                      "geofence_events": 0}
+    with psycopg.connect(db_dsn) as conn:
+        got = conn.execute("SELECT device_id, metric, value FROM sensor_readings"
+                           " WHERE device_id IN ('grid-1', 'reefer-1') ORDER BY value")
+        assert got.fetchall() == [("reefer-1", "temp_c", -18.5), ("grid-1", "current_a", 12.25),
+                                  ("grid-1", "voltage_v", 229.8)]
+        assert conn.execute(
+            "SELECT device_id, epc, antenna, rssi_dbm, phase_deg, read_count, sgtin_filter,"
+            " company_prefix, item_ref, serial, gtin FROM rfid_reads_sgtin"
+            " WHERE device_id = 'gate-1'"
+            " ORDER BY time").fetchall(
+        ) == [("gate-1", epc, 1, -52.5, 87.25, 3, 3, "0614141", "812345", 6789,
+               "80614141123458"),
+              ("gate-1", "E2801160600002084F1B7C8D", 2, -60.0, None, None, None, None, None,
+               None, None)]
+        got = conn.execute("SELECT device_id, stream, kind, score, detail FROM anomalies"
+                           " WHERE device_id = 'reefer-1'")
+        assert got.fetchall() == [("reefer-1", "sensor", "out_of_range", 2.5, {"limit": -15})]
+        got = conn.execute("SELECT device_id, geofence_id, event FROM geofence_events"
+                           " WHERE device_id = 'grid-1'")
+        assert got.fetchall() == [("grid-1", "berth-3", "enter")]
+        assert conn.execute("SELECT epc, reader_id FROM rfid_last_seen WHERE epc = %s",
+                            (epc,)).fetchall() == [(epc, "gate-1")]
