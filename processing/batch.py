@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from beiflow.schemas.columns import INT_NULL, FixFlag
+from beiflow.schemas.columns import INT_NULL, MERGE_AND_FLAGS
 
-#: Flags that only hold for a merged row when every part had them.
-_AND_FLAGS = int(FixFlag.NO_FIX | FixFlag.DATE_FROM_RECEIVE)
+_AND_FLAGS = MERGE_AND_FLAGS
 
 
 def _missing(a: np.ndarray) -> np.ndarray:
@@ -21,8 +20,8 @@ def merge_duplicate_keys(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     several rows with one key; the database upsert can touch a row only once per
     statement, so they are merged here the same way the upsert merges across batches:
     first value present wins, ``date_source`` keeps the best (lowest non-zero) code,
-    ``flags`` are OR-ed except NO_FIX and DATE_FROM_RECEIVE, which survive only if
-    every part had them. Returns the input itself when no key repeats.
+    ``flags`` are OR-ed except ``MERGE_AND_FLAGS``, which survive only if every part
+    had them. Returns the input itself when no key repeats.
     """
     device, time = cols["device"], cols["time"]
     n = device.size

@@ -71,6 +71,12 @@ class FixFlag(IntFlag):
     POOR_QUALITY = 256
 
 
+#: Flags a merged row keeps only when every part had them: they describe one delivery or
+#: one partial view of an epoch (a redelivered copy is a duplicate; the stored row is not).
+MERGE_AND_FLAGS = int(FixFlag.NO_FIX | FixFlag.DATE_FROM_RECEIVE | FixFlag.DUPLICATE
+                      | FixFlag.TIME_BACKWARDS)
+
+
 class DateSource:
     """Where an epoch's calendar date came from (``date_source`` column)."""
 
