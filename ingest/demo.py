@@ -8,13 +8,16 @@ import logging
 import threading
 import time
 from dataclasses import replace
+from importlib import resources
 
 import psycopg
+from prometheus_client.samples import Sample
 
 from beiflow.devices.simulators.beidou import make_terminals, run_terminals
 from beiflow.ingest.broker import PrivateBroker
 from beiflow.ingest.config import Config, parse_mqtt_url
 from beiflow.ingest.db import migrate
+from beiflow.ingest.geofences import import_fences, read_geojson
 from beiflow.ingest.metrics import Metrics
 from beiflow.ingest.runner import start_ingest
 from beiflow.ingest.sink import us_to_datetime
@@ -36,9 +39,28 @@ def summary_line(dsn: str, metrics: Metrics, since_us: int, elapsed_s: float) ->
     lag_n = r.get_sample_value("beiflow_end_to_end_lag_seconds_count") or 0
     lag_sum = r.get_sample_value("beiflow_end_to_end_lag_seconds_sum") or 0.0
     lag = f"{lag_sum / lag_n * 1000:.0f} ms" if lag_n else "n/a"
+    events = int(sum(s.value for s in _samples(metrics, "beiflow_geofence_events_total")))
+    anomalies = int(sum(s.value for s in _samples(metrics, "beiflow_anomalies_total")))
     return (f"[{elapsed_s:6.0f} s] positions {n_pos} from {n_dev} devices "
-            f"({n_pos / max(elapsed_s, 1e-9):.1f}/s), dead letters {n_dead}, "
-            f"mean lag device->commit {lag}")
+            f"({n_pos / max(elapsed_s, 1e-9):.1f}/s), geofence events {events}, "
+            f"anomalies {anomalies}, dead letters {n_dead}, mean lag device->commit {lag}")
+
+
+def _samples(metrics: Metrics, name: str) -> list[Sample]:
+    return [s for family in metrics.registry.collect() for s in family.samples
+            if s.name == name]
+
+
+def _ensure_fences(dsn: str) -> None:
+    """Load the bundled Yantai port fences when the database has none yet."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM geofences").fetchone()
+    if row and row[0]:
+        return
+    path = resources.files("beiflow.devices.simulators").joinpath("data/yantai_port.geojson")
+    with resources.as_file(path) as p:
+        result = import_fences(dsn, read_geojson(p))
+    log.info("loaded %d Yantai port geofences", result.fences)
 
 
 def run_demo(cfg: Config, args: argparse.Namespace, *, explicit_broker: bool) -> int:
@@ -49,6 +71,7 @@ def run_demo(cfg: Config, args: argparse.Namespace, *, explicit_broker: bool) ->
                                         client_id=f"beiflow-demo-{broker.port}"))
         log.info("private broker on %s (our limits: see deploy/mosquitto)", broker.url)
     migrate(cfg.db.dsn)
+    _ensure_fences(cfg.db.dsn)
     metrics = Metrics()
     ingest = start_ingest(cfg, metrics=metrics)
     started_us = time.time_ns() // 1000

@@ -12,7 +12,7 @@ import pytest
 
 from beiflow.processing.geofence import FenceDef, FenceSet, GeofenceError, parse_geojson
 
-PORT = Path(__file__).parent / "data" / "geofences" / "yantai_port.geojson"
+PORT = Path(__file__).parent.parent / "devices" / "simulators" / "data" / "yantai_port.geojson"
 SQUARE = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]
 
 
