@@ -36,7 +36,8 @@ demo: setup
 	$(VENV)/bin/beiflow db migrate && exec $(VENV)/bin/beiflow demo
 
 bench: setup
-	$(ENV); $(PY) bench/backlog.py
+	$(ENV); cd bench && for b in backlog streams nmea_decode json_decode geofence detectors evaluate; do \
+		echo "== bench/$$b.py"; ../$(PY) $$b.py; done
 
 clean:
 	rm -rf $(VENV) .beiflow
