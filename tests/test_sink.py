@@ -187,5 +187,6 @@ def test_sensor_rfid_anomalies_and_events_land_once(sink: TimescaleSink, db_dsn:
         got = conn.execute("SELECT device_id, geofence_id, event FROM geofence_events"
                            " WHERE device_id = 'grid-1'")
         assert got.fetchall() == [("grid-1", "berth-3", "enter")]
-        assert conn.execute("SELECT epc, reader_id FROM rfid_last_seen WHERE epc = %s",
-                            (epc,)).fetchall() == [(epc, "gate-1")]
+        other = "E2801160600002084F1B7C8D"
+        assert conn.execute("SELECT epc, reader_id, antenna FROM rfid_last_seen"
+                            " WHERE epc = %s", (other,)).fetchall() == [(other, "gate-1", 2)]
