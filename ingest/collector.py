@@ -24,7 +24,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from beiflow.ingest.config import Config, parse_mqtt_url
-from beiflow.ingest.geofences import FenceWatcher, load_membership
+from beiflow.ingest.geofences import FenceWatcher, load_membership, load_sites
 from beiflow.ingest.metrics import Metrics
 from beiflow.ingest.pipeline import Pipeline, RawBatch
 from beiflow.ingest.sink import TimescaleSink, WriteBatch, WriteResult
@@ -239,8 +239,11 @@ class Collector:
         self._sink.close()
 
     def _poll_fences(self) -> None:
-        """Pick up fence changes (and, the first time, who is inside which fence)."""
+        """Pick up fence and reader-site changes (and, the first time, who is inside which
+        fence)."""
         try:
+            with psycopg.connect(self._cfg.db.dsn, connect_timeout=5) as conn:
+                self._pipeline.set_sites(load_sites(conn))
             fences = self._fences.poll()
             if fences is None:
                 return

@@ -135,3 +135,22 @@ def load_membership(conn: psycopg.Connection) -> Membership:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """Where a fixed device stands (from the devices table)."""
+
+    device_id: str
+    site: str
+    lat: float | None
+    lon: float | None
+    zone: str | None
+    zone_kind: str | None
+
+
+def load_sites(conn: psycopg.Connection) -> list[Site]:
+    """Devices with a position or zone set by operators."""
+    rows = conn.execute("SELECT device_id, site, lat, lon, zone, zone_kind FROM devices"
+                        " WHERE lat IS NOT NULL OR zone IS NOT NULL ORDER BY device_id")
+    return [Site(*row) for row in rows.fetchall()]

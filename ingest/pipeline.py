@@ -10,7 +10,7 @@ from fnmatch import fnmatchcase
 import numpy as np
 
 from beiflow.ingest.config import Config
-from beiflow.ingest.geofences import Membership
+from beiflow.ingest.geofences import Membership, Site
 from beiflow.ingest.jsonbatch import JsonRejects
 from beiflow.ingest.metrics import Metrics
 from beiflow.ingest.nmea import NmeaConfig, NmeaState, decode_batch
@@ -23,6 +23,7 @@ from beiflow.processing.config import DeviceKind
 from beiflow.processing.core import Core, CoreConfig
 from beiflow.processing.events import AnomalyBatch, GeofenceEventBatch
 from beiflow.processing.geofence import FenceDef, GeofenceState
+from beiflow.processing.rfid_checks import RfidSites
 from beiflow.schemas.columns import FixFlag
 
 _STATUS_VALUES = frozenset({b"online", b"offline"})
@@ -155,6 +156,26 @@ class Pipeline:
             np.asarray(membership.inside_since_us, dtype=np.int64)[pick],
             np.asarray(membership.dwell_emitted, dtype=bool)[pick],
             np.asarray(membership.last_time_us, dtype=np.int64)[pick])
+
+    def set_sites(self, sites: Sequence[Site]) -> None:
+        """Reader positions and zones for the RFID travel and cold-chain checks."""
+        idx = np.array([self.devices.get(s.device_id, s.site) for s in sites], dtype=np.intp)
+        n = len(self.devices)
+        lat, lon = np.full(n, np.nan), np.full(n, np.nan)
+        zone = np.full(n, -1, dtype=np.int64)
+        zones = sorted({s.zone for s in sites if s.zone})
+        kinds = sorted({s.zone_kind for s in sites if s.zone_kind})
+        zone_kind = np.full(len(zones), -1, dtype=np.int64)
+        for i, s in zip(idx, sites, strict=True):
+            lat[i] = np.nan if s.lat is None else s.lat
+            lon[i] = np.nan if s.lon is None else s.lon
+            if s.zone:
+                z = zones.index(s.zone)
+                zone[i] = z
+                if s.zone_kind:
+                    zone_kind[z] = kinds.index(s.zone_kind)
+        self.core.sites = RfidSites(lat, lon, zone, zone_kind,
+                                    np.array([k == "cold" for k in kinds], dtype=bool))
 
     def check_offline(self, now_us: int, offline: Sequence[int] = ()) -> AnomalyBatch:
         """Offline anomalies: reported by status topics, or silent too long (checked at

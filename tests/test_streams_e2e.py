@@ -144,3 +144,37 @@ def test_mixed_load_lands_with_exact_values(config: Config, run_ingest: Callable
     for (t, lat, lon), (et, elat, elon, _) in zip(got, expected_fixes(logs["mx-bd-4"]),
                                                   strict=True):
         assert (t, round(lat, 7), round(lon, 7)) == (et, round(elat, 7), round(elon, 7))
+
+
+def test_reader_sites_from_the_devices_table_drive_rfid_checks(
+        config: Config, run_ingest: Callable[..., Ingest], db_dsn: str) -> None:
+    with psycopg.connect(db_dsn) as conn:
+        for dev, lat, lon, zone, kind in (
+                ("st-gate-yt", 37.55, 121.39, "gate-main", "gate"),
+                ("st-gate-far", 37.10, 121.39, "gate-far", "gate"),     # 50 km south
+                ("st-cold", 37.551, 121.391, "cold-store-1", "cold"),
+                ("st-dock", 37.552, 121.392, "dock-2", "ambient")):
+            conn.execute("INSERT INTO devices (device_id, site, first_seen, last_seen, lat, lon,"
+                         " zone, zone_kind) VALUES (%s, 'port', now(), now(), %s, %s, %s, %s)",
+                         (dev, lat, lon, zone, kind))
+    run_ingest(config)
+    url = parse_mqtt_url(config.mqtt.url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    fast, cold = "30742" + "A" * 19, "30742" + "B" * 19
+
+    def read(reader: str, epc: str, t: datetime) -> None:
+        publish_in_order(url, f"{config.mqtt.topic_root}/port/{reader}/rfid",
+                         [_rfid(t, epc=epc)], rate_hz=0)
+
+    read("st-gate-yt", fast, now - timedelta(seconds=120))
+    read("st-gate-far", fast, now - timedelta(seconds=60))    # 50 km in a minute
+    read("st-cold", cold, now - timedelta(seconds=30))
+    read("st-dock", cold, now - timedelta(seconds=10))        # left the cold chain
+
+    def kinds() -> set[tuple[str, str]]:
+        with psycopg.connect(db_dsn) as conn:
+            return set(conn.execute("SELECT device_id, kind FROM anomalies"
+                                    " WHERE device_id LIKE 'st-%'").fetchall())
+
+    wait_for(lambda: {("st-gate-far", "impossible_travel"), ("st-dock", "cold_chain_exit")}
+             <= kinds(), what="impossible travel and cold-chain exit")
