@@ -10,7 +10,8 @@ once on both sides; each timed query counts everything a new batch costs:
 * shapely contains_xy: points sorted by longitude once per batch, then per fence the
   bounding-box slice (``searchsorted`` + latitude mask) into ``contains_xy``.
 
-Medians of 3 runs; ratio = beiflow / fastest shapely method. Also the event stage:
+Medians of 3 runs; ratio = beiflow / fastest shapely method; the (point, polygon) pairs
+are checked to agree with shapely's. Also the event stage:
 ``geofence_events`` on 100k fixes of 10k devices against 1,000 fences.
 
     python bench/geofence.py [--points N] [--fences 1000 10000]
@@ -23,6 +24,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import shapely
@@ -182,8 +184,16 @@ def containment(n_fences: int, n_points: int) -> dict[str, float]:
     fastest = max(v for k, v in out.items() if not k.startswith("beiflow"))
     out["ratio"] = out["beiflow_points_per_s"] / fastest
     out["build_s"] = build_s
-    pt, _ = fs.contains(lon, lat)
+    pt, fence = fs.contains(lon, lat)
     out["pairs_per_point"] = pt.size / n_points
+    # same answers on the polygons (shapely's circles are 64-gons, so not comparable)
+    polygon = np.array([f.kind == "polygon" for f in fences])
+    ref = tree.query(shapely.points(lon, lat), predicate="intersects")
+    ours = set(zip(pt[polygon[fence]].tolist(), fence[polygon[fence]].tolist(), strict=True))
+    keep = polygon[ref[1]]
+    theirs = set(zip(ref[0][keep].tolist(), ref[1][keep].tolist(), strict=True))
+    out["polygon_pairs"] = len(theirs)
+    out["polygon_pairs_differing"] = len(ours ^ theirs)
     return out
 
 
@@ -212,7 +222,7 @@ def events(n_fixes: int = 100_000, n_devices: int = 10_000, n_fences: int = 1000
     return statistics.median(rates)
 
 
-def run(points: int = 100_000, sizes: tuple[int, ...] = (1000, 10_000)) -> dict[str, object]:
+def run(points: int = 100_000, sizes: tuple[int, ...] = (1000, 10_000)) -> dict[str, Any]:
     """Containment results per fence count and the event throughput."""
     return {"points": points,
             "containment": {n: containment(n, points) for n in sizes},
@@ -227,13 +237,15 @@ def main() -> None:
     args = parser.parse_args()
     r = run(args.points, tuple(args.fences))
     print(f"{args.points} points, medians of {REPEAT} runs, points/s")
-    for n, res in r["containment"].items():  # type: ignore[attr-defined]
+    for n, res in r["containment"].items():
         print(f"\n{n} fences (build {res['build_s']:.2f} s, "
               f"{res['pairs_per_point']:.2f} containing fences per point)")
         for k, v in res.items():
             if k.endswith("_points_per_s"):
                 print(f"  {k.removesuffix('_points_per_s'):20s} {v:14,.0f}")
         print(f"  ratio beiflow / fastest shapely: {res['ratio']:.2f}x")
+        print(f"  polygon pairs: {res['polygon_pairs']:,}, differing from shapely: "
+              f"{res['polygon_pairs_differing']}")
     print(f"\ngeofence_events, 100k fixes of 10k devices, 1000 fences: "
           f"{r['events_fixes_per_s']:,.0f} fixes/s")
 

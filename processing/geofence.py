@@ -13,12 +13,14 @@ Containment rules (all coordinates WGS-84 degrees, ``lon``/``lat``):
   tests is tolerant only within 1e-9 degrees of a boundary.
 * **circle**: the haversine distance on a sphere of radius ``EARTH_RADIUS_M``
   (6,371,008.8 m) from the centre is ``<= radius_m``.
-* **corridor**: the distance to the centre line is ``<= width_m / 2``, measured per
-  segment in an equirectangular projection centred on the segment's mid-latitude
-  (x = dlon * cos(lat_mid), y = dlat, in metres on that sphere). The relative error
-  against the great-circle distance is about ``tan(lat) * dlat_rad / 2`` plus the
-  projection's own ~``(d / R)^2``: under 0.1 % for segments spanning less than 0.1 degree
-  of latitude at 45 degrees (about 1 cm on a 20 m wide road).
+* **corridor**: the distance to the centre line is ``<= width_m / 2``. Segments are
+  straight in longitude/latitude (as RFC 7946 defines them); the distance to a segment is
+  measured in an equirectangular projection centred on its mid-latitude (x = dlon *
+  cos(lat_mid), y = dlat, metres on the same sphere). Against the spherical distance to
+  that segment the relative error is about ``tan(lat) * dlat_rad / 2`` (``dlat``: the
+  segment's latitude span): under 0.1 % for segments spanning less than 0.1 degree of
+  latitude at 45 degrees, i.e. under 1 cm at the edge of a 20 m wide road. The tests check
+  this bound against a spherical reference.
 * A point with a NaN coordinate is in no fence. Fences may overlap without limit; a
   circle or corridor may not reach a pole or cross the antimeridian (rejected on import).
 

@@ -9,7 +9,13 @@ A FeatureCollection holds one fence per Feature:
 ``properties.speed_limit_kmh`` and ``properties.dwell_s`` are honoured for every kind; all
 properties (``name``, ``kind``, ``category``, ...) are kept as given in
 :attr:`FenceDef.properties`. Coordinates beyond longitude and latitude (altitude) are
-dropped. Invalid input raises :class:`GeofenceError` naming the feature by id and index.
+dropped. Invalid input raises :class:`GeofenceError` naming the feature by id and index
+(the first invalid feature in file order): positions out of range (lon -180..180, lat
+-90..90) or not finite; rings not closed, with fewer than 4 positions or 3 distinct
+vertices, or turning back on themselves; any two segments of a fence's rings touching or
+crossing (stricter than OGC, which lets rings touch at a point); holes outside their shell
+or nested; MultiPolygon parts overlapping; radius or width not positive; a circle or
+corridor reaching a pole or across the antimeridian; duplicate ids in one collection.
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ _MARGIN = 1e-6
 _MAX_CELLS = 1 << 22
 #: Largest number of (pair, edge) tests expanded at once.
 _CHUNK = 1 << 21
+#: Cells plus vertices rasterised at once when building.
+_BUILD_CHUNK = 1 << 18
 
 
 def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +156,7 @@ class _Level:
 
     def query(self, lon: np.ndarray, lat: np.ndarray, circles: _Circles,
               ) -> tuple[np.ndarray, np.ndarray]:
+        """(point, fence) pairs of this level, sorted by point then fence."""
         fx = lon - self.x0
         fx *= self.inv
         fy = lat - self.y0
@@ -172,8 +175,10 @@ class _Level:
         entry = _ranges(first, cnt)
         kind = self.kind[entry]
         hit = kind == _INSIDE
+        tested = np.flatnonzero(~hit)
+        tested_kind = kind[tested]
         for k in (_POLY, _CIRCLE, _CORRIDOR):
-            sel = np.flatnonzero(kind == k)
+            sel = tested[tested_kind == k]
             if not sel.size:
                 continue
             p, e = pt[sel], entry[sel]
@@ -276,7 +281,8 @@ class FenceSet:
             return parts[0]
         pt = np.concatenate([p for p, _ in parts])
         fence = np.concatenate([f for _, f in parts])
-        order = np.lexsort((fence, pt))
+        # sorted runs, one per level: a stable (merging) sort is linear here
+        order = np.argsort(pt.astype(np.int64) * len(self.defs) + fence, kind="stable")
         return pt[order], fence[order]
 
 
@@ -328,7 +334,7 @@ def _bboxes(defs: tuple[FenceDef, ...]) -> np.ndarray:
 
 @dataclass(slots=True)
 class _Grid:
-    """A level's grid and the local cell blocks (fence bounding boxes) within it."""
+    """A level's uniform grid: origin, cell size (degrees), columns and rows."""
 
     x0: float
     y0: float
@@ -388,6 +394,8 @@ class _Blocks:
 
 @dataclass(slots=True)
 class _Entries:
+    """Entries of some fences, before they are merged and sorted by cell."""
+
     cell: np.ndarray
     fence: np.ndarray
     kind: np.ndarray
@@ -398,22 +406,22 @@ class _Entries:
 
 def _build_level(defs: tuple[FenceDef, ...], members: np.ndarray, bbox: np.ndarray,
                  cell: float, circles: _Circles) -> _Level:
+    """Rasterise the fences ``members`` into one grid, in chunks of bounded size."""
     grid = _make_grid(bbox[members], cell)
     kinds = np.array([defs[i].kind for i in members.tolist()])
     parts: list[_Entries] = []
-    poly_items = np.empty((0, _POLY_COLS))
-    seg_items = np.empty((0, _SEG_COLS))
-    sel = members[kinds == "polygon"]
-    if sel.size:
-        ent, poly_items = _rasterise_polygons(defs, sel, bbox, grid)
-        parts.append(ent)
-    sel = members[kinds == "circle"]
-    if sel.size:
-        parts.append(_rasterise_circles(sel, bbox, grid, defs, circles))
-    sel = members[kinds == "corridor"]
-    if sel.size:
-        ent, seg_items = _rasterise_corridors(defs, sel, bbox, grid)
-        parts.append(ent)
+    items: dict[str, list[np.ndarray]] = {"polygon": [np.empty((0, _POLY_COLS))],
+                                          "corridor": [np.empty((0, _SEG_COLS))]}
+    for kind in ("polygon", "circle", "corridor"):
+        for sel in _build_chunks(defs, members[kinds == kind], bbox, grid):
+            if kind == "circle":
+                parts.append(_rasterise_circles(sel, bbox, grid, defs, circles))
+                continue
+            ent, rows = (_rasterise_polygons if kind == "polygon" else
+                         _rasterise_corridors)(defs, sel, bbox, grid)
+            ent.start += sum(a.shape[0] for a in items[kind])
+            items[kind].append(rows)
+            parts.append(ent)
     cells = np.concatenate([p.cell for p in parts])
     fence = np.concatenate([p.fence for p in parts])
     order = np.lexsort((fence, cells))
@@ -425,7 +433,22 @@ def _build_level(defs: tuple[FenceDef, ...], members: np.ndarray, bbox: np.ndarr
                   np.concatenate([p.kind for p in parts])[order].astype(np.int8),
                   np.concatenate([p.start for p in parts])[order].astype(np.int64),
                   np.concatenate([p.count for p in parts])[order].astype(np.int32),
-                  np.concatenate([p.left for p in parts])[order], poly_items, seg_items)
+                  np.concatenate([p.left for p in parts])[order],
+                  np.concatenate(items["polygon"]), np.concatenate(items["corridor"]))
+
+
+def _build_chunks(defs: tuple[FenceDef, ...], sel: np.ndarray, bbox: np.ndarray,
+                  grid: _Grid) -> list[np.ndarray]:
+    """``sel`` split so that each part covers about ``_BUILD_CHUNK`` cells and vertices,
+    which bounds the memory the rasteriser needs."""
+    if not sel.size:
+        return []
+    blocks = _Blocks.of(grid, bbox[sel])
+    vertices = np.array([sum(len(r) for p in defs[i].polygons for r in p) + len(defs[i].line)
+                         for i in sel.tolist()])
+    weight = np.cumsum(blocks.w * blocks.h + vertices)
+    cuts = np.searchsorted(weight, np.arange(_BUILD_CHUNK, int(weight[-1]), _BUILD_CHUNK))
+    return np.split(sel, np.unique(cuts[(cuts > 0) & (cuts < sel.size)]))
 
 
 def _rasterise_polygons(defs: tuple[FenceDef, ...], sel: np.ndarray, bbox: np.ndarray,

@@ -6,7 +6,8 @@ debounce ``D`` a run on the other side of the confirmed membership flips it when
 least ``D`` consecutive fixes (counting a run left pending at the end of the previous
 batch); the event carries the time of the run's first fix. Shorter runs are jitter.
 
-* Fixes flagged NO_FIX, JUMP, NULL_ISLAND, POOR_QUALITY or TIME_BACKWARDS, or without
+* Fixes flagged NO_FIX, JUMP, NULL_ISLAND, POOR_QUALITY or TIME_BACKWARDS
+  (``IGNORED_FLAGS``; the ``ignore_flags`` argument changes the set), or without
   coordinates, are skipped: they neither count for a run nor break one.
 * Out-of-order fixes: a fix whose time is <= the last time already processed for its
   device (in an earlier batch, or an equal time within the batch) is skipped for
@@ -28,7 +29,6 @@ State is sparse: one row per (device, fence) that is inside or has a pending run
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -47,7 +47,11 @@ _LOW32 = np.int64(0xFFFFFFFF)
 
 
 class GeofenceState:
-    """Membership of devices in fences, carried from batch to batch."""
+    """Membership of devices in fences, carried from batch to batch.
+
+    The attributes are parallel arrays sorted by ``key``; treat them as read-only and use
+    :meth:`snapshot` / :meth:`restore` to persist or rebuild the state.
+    """
 
     __slots__ = ("_dev_last", "dwell", "inside", "key", "over", "pending", "pending_since",
                  "since")
@@ -98,8 +102,11 @@ class GeofenceState:
         Optional arrays default to: inside, no overspeed episode, nothing pending.
         """
         device = np.asarray(device, dtype=np.int64)
+        fence = np.asarray(fence, dtype=np.int64)
         n = device.size
-        key = device << 32 | np.asarray(fence, dtype=np.int64)
+        if n and (device.min() < 0 or fence.min() < 0 or fence.max() > _LOW32):
+            raise ValueError("device and fence indices must be >= 0 (fence < 2**32)")
+        key = device << 32 | fence
         cols = [np.asarray(inside_since_us, np.int64), np.asarray(dwell_emitted, bool),
                 np.ones(n, bool) if inside is None else np.asarray(inside, bool),
                 np.zeros(n, bool) if overspeed_active is None
@@ -144,9 +151,11 @@ class GeofenceState:
         return int((~keep).sum())
 
     def _grow(self, n_devices: int) -> None:
-        if n_devices > self._dev_last.size:
+        """Room for device indices below ``n_devices`` (amortised doubling)."""
+        size = self._dev_last.size
+        if n_devices > size:
             self._dev_last = np.concatenate(
-                [self._dev_last, np.full(n_devices - self._dev_last.size, NO_TIME)])
+                [self._dev_last, np.full(max(n_devices, 2 * size) - size, NO_TIME)])
 
 
 def _starts(a: np.ndarray) -> np.ndarray:
@@ -193,11 +202,12 @@ def _fresh_rows(state: GeofenceState, device: np.ndarray, time_us: np.ndarray,
 
 def geofence_events(fences: FenceSet, state: GeofenceState, device: np.ndarray,
                     time_us: np.ndarray, lon: np.ndarray, lat: np.ndarray,
-                    speed_mps: np.ndarray, flags: np.ndarray, *,
-                    debounce: int = 3) -> GeofenceEventBatch:
+                    speed_mps: np.ndarray, flags: np.ndarray, *, debounce: int = 3,
+                    ignore_flags: int = IGNORED_FLAGS) -> GeofenceEventBatch:
     """Events of one batch of fixes (any devices, any order); updates ``state``.
 
     ``debounce``: consecutive fixes on the new side needed for a transition (1 = none).
+    ``ignore_flags``: FixFlag bits that exclude a fix from membership.
     """
     if isinstance(debounce, bool) or not isinstance(debounce, int) or debounce < 1:
         raise ValueError(f"debounce must be an integer >= 1, not {debounce!r}")
@@ -209,7 +219,7 @@ def geofence_events(fences: FenceSet, state: GeofenceState, device: np.ndarray,
     n = device.size
     if any(a.shape != (n,) for a in (time_us, lon, lat, speed_mps, flags)):
         raise ValueError("all columns must be 1-D and of one length")
-    usable = (flags & int(IGNORED_FLAGS)) == 0
+    usable = (flags & int(ignore_flags)) == 0
     usable &= np.isfinite(lon)
     usable &= np.isfinite(lat)
     rows = _fresh_rows(state, device, time_us, usable)
@@ -280,15 +290,14 @@ def geofence_events(fences: FenceSet, state: GeofenceState, device: np.ndarray,
     enter, leave = runs.flip & runs.side, runs.flip & ~runs.side
     inside_s = np.where(stay_start[leave] == NO_TIME, -1.0,
                         (runs.time[leave] - stay_start[leave]) / 1e6)
-    parts = [
+    parts = [   # float reprs are valid JSON numbers (all finite here)
         (runs.time[enter], runs.pair[enter], "enter", ["{}"] * int(enter.sum())),
         (runs.time[leave], runs.pair[leave], "exit",
-         ["{}" if s < 0 else json.dumps({"inside_s": round(s, 3)})
-          for s in inside_s.tolist()]),
+         ["{}" if s < 0 else f'{{"inside_s": {round(s, 3)!r}}}' for s in inside_s.tolist()]),
         (h_time[dw], hp[dw], "dwell",
-         [json.dumps({"dwell_s": s}) for s in fences.dwell_s[h_fence[dw]].tolist()]),
+         [f'{{"dwell_s": {s!r}}}' for s in fences.dwell_s[h_fence[dw]].tolist()]),
         (h_time[os_], hp[os_], "overspeed",
-         [json.dumps({"speed_kmh": round(v, 1), "limit_kmh": lim}) for v, lim in
+         [f'{{"speed_kmh": {round(v, 1)!r}, "limit_kmh": {lim!r}}}' for v, lim in
           zip(speed_kmh[os_].tolist(), limit[os_].tolist(), strict=True)]),
     ]
     return _event_batch(parts, pairs, p_fence)

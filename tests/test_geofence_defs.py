@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from beiflow.processing.geofence import FenceDef, FenceSet, GeofenceError, parse_geojson
 
@@ -184,3 +187,57 @@ def test_not_a_feature_collection() -> None:
     with pytest.raises(GeofenceError, match="'features' list"):
         parse_geojson({"type": "FeatureCollection"})
     assert parse_geojson(_fc()) == []
+
+
+def test_first_invalid_feature_in_file_order_is_named() -> None:
+    bowtie = _poly([[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]])
+    unclosed = _poly([[0, 0], [1, 0], [1, 1], [0, 1]])
+    no_radius = {"type": "Point", "coordinates": [0, 0]}
+    with pytest.raises(GeofenceError, match="'b' #1: ring 0 of polygon 0 intersects"):
+        parse_geojson(_fc(_feature("a", _poly(SQUARE)), _feature("b", bowtie),
+                          _feature("c", no_radius), _feature("d", unclosed)))
+    with pytest.raises(GeofenceError, match=r"'c' #1: properties\.radius_m is required"):
+        parse_geojson(_fc(_feature("a", _poly(SQUARE)), _feature("c", no_radius),
+                          _feature("b", bowtie)))
+    with pytest.raises(GeofenceError, match="'d' #2: ring 0 of polygon 0 is not closed"):
+        parse_geojson(_fc(_feature("a", _poly(SQUARE)), _feature("c", _poly(SQUARE)),
+                          _feature("d", unclosed), _feature("b", bowtie)))
+
+
+@st.composite
+def _random_multipolygons(draw: st.DrawFn) -> list[list[np.ndarray]]:
+    """Parts and holes of random shape: star-shaped (valid) or random vertex order (mostly
+    self-intersecting), placed so that parts and holes sometimes overlap."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+
+    def ring(cx: float, cy: float, size: float) -> np.ndarray:
+        k = int(rng.integers(3, 12))
+        if rng.random() < 0.7:
+            a = (np.arange(k) + rng.uniform(0, 0.9, k)) * 2 * np.pi / k
+            r = rng.uniform(0.3, 1, k) * size
+            xy = np.c_[cx + r * np.cos(a), cy + r * np.sin(a)]
+        else:
+            xy = rng.uniform(-size, size, (k, 2)) + np.array([cx, cy])
+        return np.r_[xy, xy[:1]]
+
+    parts = []
+    for _ in range(draw(st.integers(1, 3))):
+        cx, cy = rng.uniform(-2, 2, 2)
+        parts.append([ring(cx, cy, 1.0)] + [
+            ring(cx + rng.uniform(-0.5, 0.5), cy + rng.uniform(-0.5, 0.5),
+                 rng.uniform(0.05, 0.4)) for _ in range(draw(st.integers(0, 2)))])
+    return parts
+
+
+@settings(max_examples=300, deadline=None)
+@given(_random_multipolygons())
+def test_validity_agrees_with_shapely(parts: list[list[np.ndarray]]) -> None:
+    geom = shapely.MultiPolygon([shapely.Polygon(p[0], p[1:]) for p in parts])
+    feature = _feature("x", {"type": "MultiPolygon",
+                             "coordinates": [[r.tolist() for r in p] for p in parts]})
+    try:
+        FenceDef.from_geojson(feature)
+        ours = True
+    except GeofenceError:
+        ours = False
+    assert ours == shapely.is_valid(geom), shapely.is_valid_reason(geom)

@@ -162,6 +162,19 @@ def test_flagged_fixes_are_ignored() -> None:
     assert _feed(state, rows) == [(20, 0, "A", "exit", {"inside_s": 20.0})]
 
 
+def test_ignore_flags_is_configurable() -> None:
+    future = int(FixFlag.CLOCK_FUTURE)
+    state = GeofenceState()
+    _feed(state, _track(0, 0, "a"), debounce=1)
+    ev = geofence_events(FENCES, state, np.zeros(1, np.int32), np.array([10**9]) * S,
+                         np.array([4.0]), np.array([4.0]), np.zeros(1),
+                         np.array([future], np.int32), debounce=1,
+                         ignore_flags=IGNORED_FLAGS | future)
+    assert len(ev) == 0 and state.last_time_us(np.array([0])).tolist() == [0]
+    assert _feed(state, _track(0, 5, "out"), debounce=1) == \
+        [(5, 0, "A", "exit", {"inside_s": 5.0})]
+
+
 def test_nan_position_is_ignored() -> None:
     state = GeofenceState()
     _feed(state, _track(0, 0, "a"), debounce=1)

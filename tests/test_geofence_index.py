@@ -266,6 +266,18 @@ def test_shared_edge_belongs_to_exactly_one_fence() -> None:
     assert np.all(_matrix(fs, lon, lat).sum(axis=1) == 1)
 
 
+def test_shared_diagonal_edge_belongs_to_exactly_one_fence() -> None:
+    """Two fences computing the same crossing for a shared edge partition its points,
+    including points that lie on it to the last bit."""
+    a = np.array([[0, 0], [1, 0], [0.3, 1], [0, 0]])
+    b = np.array([[1, 0], [1.3, 1], [0.3, 1], [1, 0]])          # the edge reversed
+    fs = FenceSet.build(_fc([_polygon("a", a), _polygon("b", b)]), cells_per_fence=5)
+    t = np.linspace(0, 1, 1003)[1:-1]
+    lon, lat = 1 - 0.7 * t, t
+    near = np.r_[lon, np.nextafter(lon, 2), np.nextafter(lon, -1)]
+    assert np.all(_matrix(fs, near, np.r_[lat, lat, lat]).sum(axis=1) == 1)
+
+
 def test_nan_and_far_points_are_in_nothing() -> None:
     square = np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]], dtype=float)
     fs = FenceSet.build(_fc([_polygon("sq", square)]))
@@ -294,3 +306,33 @@ def test_empty_set_and_empty_batch() -> None:
     with pytest.raises(ValueError, match="1-D"):
         fs.contains(np.zeros(3), np.zeros(2))
     assert fs.index("sq") == 0 and fs.ids == ("sq",)
+
+
+def test_chunked_build_and_query_give_the_same_answer(monkeypatch: pytest.MonkeyPatch,
+                                                      ) -> None:
+    """Building and querying in small chunks (as with large sets) changes nothing."""
+    import beiflow.processing.geofence_index as index
+
+    rng = np.random.default_rng(4)
+    feats = []
+    for i in range(40):
+        x, y = rng.uniform(121.37, 121.42), rng.uniform(37.54, 37.57)
+        size = rng.uniform(2e-4, 3e-3)
+        if i % 4 == 0:
+            feats.append({"type": "Feature", "id": f"c{i}", "properties": {"radius_m": 150},
+                          "geometry": {"type": "Point", "coordinates": [x, y]}})
+        elif i % 4 == 1:
+            line = np.c_[x + np.cumsum(rng.normal(0, size, 5)), y + np.cumsum(
+                rng.normal(0, size, 5))]
+            feats.append({"type": "Feature", "id": f"r{i}", "properties": {"width_m": 30},
+                          "geometry": {"type": "LineString", "coordinates": line.tolist()}})
+        else:
+            feats.append(_polygon(f"p{i}", *_with_holes(rng, x, y, size, 30, 1)))
+    fences = _fc(feats)
+    lon, lat = rng.uniform(121.36, 121.43, 20000), rng.uniform(37.53, 37.58, 20000)
+    ref = FenceSet.build(fences).contains(lon, lat)
+    monkeypatch.setattr(index, "_BUILD_CHUNK", 50)
+    monkeypatch.setattr(index, "_CHUNK", 64)
+    got = FenceSet.build(fences).contains(lon, lat)
+    assert ref[0].size > 1000
+    assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
