@@ -29,6 +29,7 @@ from beiflow.schemas.columns import FixFlag
 _STATUS_VALUES = frozenset({b"online", b"offline"})
 _STREAM_NAMES: tuple[str, ...] = ("unknown", *STREAMS)
 _STREAM_CODE: dict[str, int] = {name: code for code, name in enumerate(_STREAM_NAMES)}
+_KIND_NAMES: dict[int, str] = {int(k): k.name.lower() for k in DeviceKind}
 
 
 @dataclass(slots=True)
@@ -137,7 +138,7 @@ class Pipeline:
         self.core.seen(device[topic_ok], received[topic_ok])
         offline = [d for d, status, _ in statuses if status == "offline"]
         anomalies.append(self.check_offline(int(received.max()) if n else 0, offline))
-        return self._assemble(raw, device, topic_ok, streams, received, positions, readings,
+        return self._assemble(device, topic_ok, streams, received, positions, readings,
                               reads, AnomalyBatch.concat(anomalies), events, dead, statuses)
 
     def set_fences(self, defs: Sequence[FenceDef], membership: Membership | None = None) -> None:
@@ -203,10 +204,10 @@ class Pipeline:
         if not len(found):
             return None
         empty = np.empty(0, dtype=np.int32)
-        return self._assemble(RawBatch(), empty, np.empty(0, bool), [], np.empty(0, np.int64),
+        return self._assemble(empty, np.empty(0, bool), [], np.empty(0, np.int64),
                               None, None, None, found, GeofenceEventBatch.empty(), [], [])
 
-    def _assemble(self, raw: RawBatch, device: np.ndarray, topic_ok: np.ndarray,
+    def _assemble(self, device: np.ndarray, topic_ok: np.ndarray,
                   streams: list[str], received: np.ndarray,
                   positions: dict[str, np.ndarray] | None,
                   readings: dict[str, np.ndarray] | None, reads: dict[str, np.ndarray] | None,
@@ -220,6 +221,7 @@ class Pipeline:
                                 strict=True):
             m.geofence_events.labels(event).inc(int(count))
 
+        kinds = self.core.device_kind
         # Re-index the devices of this batch densely so the sink ships only them.
         present = np.unique(np.concatenate([device[topic_ok], anomalies.device,
                                             events.device]).astype(np.int64))
@@ -234,6 +236,8 @@ class Pipeline:
             events = dataclasses.replace(events, device=remap[events.device])
         return WriteBatch(
             devices=[(self.devices.ids[i], self.devices.sites[i]) for i in present],
+            kinds=[_KIND_NAMES.get(int(self.core.device_kind[i])) if i < kinds.size else None
+                   for i in present],
             msg_device=np.where(topic_ok, remap[np.maximum(device, 0)], -1),
             msg_stream=streams,
             msg_received_at=received,

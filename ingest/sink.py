@@ -73,6 +73,8 @@ class WriteBatch:
     geofence_events: GeofenceEventBatch | None = None
     #: Fence index -> geofence_id for ``geofence_events``.
     fence_ids: list[str] = field(default_factory=list)
+    #: Dense device index -> kind (road, vessel, rail, crane) where configured.
+    kinds: list[str | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,11 +233,13 @@ _DEAD_INSERT = (
     " payload_sha256) SELECT * FROM beiflow_stage_dead ON CONFLICT DO NOTHING"
 )
 _DEVICES_UPSERT = (
-    "INSERT INTO devices AS d (device_id, site, first_seen, last_seen, streams)"
-    " SELECT u.device_id, u.site, u.first_seen, u.last_seen, string_to_array(u.streams, ',')"
-    " FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[])"
-    " AS u(device_id, site, first_seen, last_seen, streams)"
+    "INSERT INTO devices AS d (device_id, site, kind, first_seen, last_seen, streams)"
+    " SELECT u.device_id, u.site, u.kind, u.first_seen, u.last_seen,"
+    " string_to_array(u.streams, ',')"
+    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],"
+    " %s::text[]) AS u(device_id, site, kind, first_seen, last_seen, streams)"
     " ON CONFLICT (device_id) DO UPDATE SET site = EXCLUDED.site,"
+    " kind = COALESCE(EXCLUDED.kind, d.kind),"
     " last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen),"
     " first_seen = LEAST(d.first_seen, EXCLUDED.first_seen),"
     " streams = ARRAY(SELECT DISTINCT unnest(d.streams || EXCLUDED.streams) ORDER BY 1)"
@@ -414,6 +418,7 @@ class TimescaleSink:
         cur.execute(_DEVICES_UPSERT, (
             [batch.devices[i][0] for i in uniq],
             [batch.devices[i][1] for i in uniq],
+            [batch.kinds[i] if i < len(batch.kinds) else None for i in uniq],
             [us_to_datetime(x) for x in first],
             [us_to_datetime(x) for x in last],
             [",".join(sorted(streams_of[i])) for i in range(uniq.size)],

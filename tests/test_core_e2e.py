@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -106,3 +107,25 @@ def test_a_teleport_becomes_a_jump_anomaly_and_the_fix_is_kept_flagged(
                              " ORDER BY time").fetchall()
     assert ("jump", T0 + 102 * STEP) in kinds
     assert [f for (f,) in flags] == [False, False, True, False, False]
+
+
+def test_device_kind_from_config_sets_the_jump_bound_and_is_stored(
+        config: Config, run_ingest: Callable[..., Ingest], db_dsn: str) -> None:
+    cfg = replace(config, devices=replace(config.devices, kinds={"vsl-*": "vessel"}))
+    run_ingest(cfg)
+    url = parse_mqtt_url(cfg.mqtt.url)
+    # 0.0025 deg of latitude (278 m) every 10 s: 100 km/h, a jump for a vessel only
+    track = [(37.55 + 0.0025 * i, 121.39) for i in range(4)]
+    for device in ("vsl-1", "trk-1"):
+        publish_in_order(url, f"{cfg.mqtt.topic_root}/yantai/{device}/nmea",
+                         _epochs(track, 200), rate_hz=0)
+    wait_for(lambda: count(db_dsn, "SELECT count(*) FROM positions WHERE device_id IN"
+                                   " ('vsl-1', 'trk-1')") == 8, what="both tracks")
+    assert count(db_dsn, "SELECT count(*) FROM anomalies WHERE device_id = 'vsl-1'"
+                         " AND kind = 'jump'") >= 1
+    assert count(db_dsn, "SELECT count(*) FROM anomalies WHERE device_id = 'trk-1'"
+                         " AND kind = 'jump'") == 0
+    assert count(db_dsn, "SELECT count(*) FROM devices WHERE device_id = 'vsl-1'"
+                         " AND kind = 'vessel'") == 1
+    assert count(db_dsn, "SELECT count(*) FROM devices WHERE device_id = 'trk-1'"
+                         " AND kind IS NULL") == 1
