@@ -54,7 +54,7 @@ class _FastPublishClient(mqtt.Client):
     pyproject and exercised by every end-to-end test.
     """
 
-    on_publish_fast: Callable[[bytes, bytes, int, int], None] | None = None
+    on_publish_fast: Callable[[bytes, bytes, int, int, bool], None] | None = None
 
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
         fast = self.on_publish_fast
@@ -75,7 +75,8 @@ class _FastPublishClient(mqtt.Client):
             pos += 2
         if pos >= n or packet[pos] != 0:  # v5 properties present (or malformed)
             return super()._handle_publish()
-        fast(bytes(packet[2:topic_end]), bytes(packet[pos + 1:]), mid, qos)
+        fast(bytes(packet[2:topic_end]), bytes(packet[pos + 1:]), mid, qos,
+             bool(header & 0x08))
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
@@ -156,9 +157,9 @@ class Collector:
     def _on_message(self, _client: mqtt.Client, _userdata: object,
                     msg: mqtt.MQTTMessage) -> None:
         """paho's regular path (messages carrying v5 properties)."""
-        self._on_publish(msg.topic.encode(), bytes(msg.payload), msg.mid, msg.qos)
+        self._on_publish(msg.topic.encode(), bytes(msg.payload), msg.mid, msg.qos, msg.dup)
 
-    def _on_publish(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
+    def _on_publish(self, topic: bytes, payload: bytes, mid: int, qos: int, dup: bool) -> None:
         now_us = time.time_ns() // 1000
         with self._lock:
             buf = self._buf
@@ -171,6 +172,8 @@ class Collector:
             buf.topics.append(topic)
             buf.payloads.append(payload)
             buf.received_us.append(now_us)
+            if dup:
+                buf.redelivered.append(len(buf.topics) - 1)
             if qos:
                 self._mids.append(mid)
             if len(buf) >= self._cfg.batch.max_messages:

@@ -101,6 +101,9 @@ class Metrics:
         self.queue_depth = Gauge(
             "beiflow_queue_depth", "Messages received and not yet acknowledged",
             ["queue"], registry=r)
+        self.redelivered = Counter(
+            "beiflow_messages_redelivered", "Messages the broker flagged DUP (redeliveries)",
+            registry=r)
         self.acked = Counter(
             "beiflow_messages_acked", "Messages acknowledged to the broker after commit",
             registry=r)

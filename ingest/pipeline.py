@@ -40,6 +40,8 @@ class RawBatch:
     topics: list[bytes] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)
     received_us: list[int] = field(default_factory=list)
+    #: Indices of messages the broker flagged DUP: possibly seen before.
+    redelivered: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.topics)
@@ -83,6 +85,8 @@ class Pipeline:
         for code in np.unique(stream):
             m.messages_received.labels(_STREAM_NAMES[code]).inc(
                 int(np.count_nonzero(stream == code)))
+        if raw.redelivered:
+            m.redelivered.inc(len(raw.redelivered))
 
         dead: list[DeadLetter] = []
         for k in np.flatnonzero(~topic_ok):
@@ -112,7 +116,8 @@ class Pipeline:
         if positions is not None and positions["time"].size:
             core_out = self.core.positions(positions)
             positions["flags"] = core_out.flags
-            anomalies.append(core_out.anomalies)
+            anomalies.append(self._drop_redelivered(core_out.anomalies, raw, nmea_idx,
+                                                    positions))
             events = core_out.events
         sensor_idx = np.flatnonzero(topic_ok & fits & (stream == _STREAM_CODE["sensor"]))
         readings = None
@@ -140,6 +145,25 @@ class Pipeline:
         anomalies.append(self.check_offline(int(received.max()) if n else 0, offline))
         return self._assemble(device, topic_ok, streams, received, positions, readings,
                               reads, AnomalyBatch.concat(anomalies), events, dead, statuses)
+
+    def _drop_redelivered(self, found: AnomalyBatch, raw: RawBatch, nmea_idx: np.ndarray,
+                          positions: dict[str, np.ndarray]) -> AnomalyBatch:
+        """A fix of a DUP-flagged message that is older than the device's latest was most
+        likely processed already (redelivered after a reconnect): not ``time_backwards``."""
+        if not raw.redelivered:
+            return found
+        dup_msg = np.zeros(len(raw), dtype=bool)
+        dup_msg[raw.redelivered] = True
+        rows = dup_msg[nmea_idx[positions["msg"]]]
+        if not rows.any() or not len(found):
+            return found
+        seen = set(zip(positions["device"][rows].tolist(), positions["time"][rows].tolist(),
+                       strict=True))
+        keep = np.array([not (k == "time_backwards" and (d, t) in seen) for k, d, t in zip(
+            found.kind.tolist(), found.device.tolist(), found.time.tolist(), strict=True)],
+            dtype=bool)
+        return AnomalyBatch(*(getattr(found, f)[keep] for f in
+                              ("time", "device", "stream", "kind", "score", "detail")))
 
     def set_fences(self, defs: Sequence[FenceDef], membership: Membership | None = None) -> None:
         """Use a new fence set; with ``membership`` (at start-up) also restore who is inside
