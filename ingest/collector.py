@@ -106,6 +106,7 @@ class Collector:
         self._fences_loaded = False
         self._client = self._make_client()
         self._writing = 0
+        metrics.db_up.set(1)  # nothing has failed yet; a failed write sets it to 0
         metrics.queue_depth.labels("collector").set_function(
             lambda: self.buffered() + self.in_flight())
 

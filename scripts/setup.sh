@@ -6,7 +6,8 @@
 #
 #   all      (default) system set-up, then the Python venv
 #   python   only the venv at .venv/ (pip install -e '.[dev]')
-#   system   only packages, PostgreSQL + TimescaleDB, database `beiflow`, .beiflow/env
+#   system   only packages (promtool too), PostgreSQL + TimescaleDB, database `beiflow`,
+#            .beiflow/env
 #
 #   --dry-run                    print the plan (one `plan:` line per step), change nothing
 #   --release 12|13              pretend /etc/debian_version says this release
@@ -244,6 +245,30 @@ step_packages() {
         [[ -x $MOSQUITTO_BIN ]] || die "mosquitto installed but no mosquitto binary found"
     fi
     say "packages present: mosquitto ($MOSQUITTO_BIN), postgresql $(local_pg_version)"
+}
+
+# ---------------------------------------------------------------- promtool
+
+# The test suite checks deploy/prometheus/ (config, alert rules and their unit tests) with
+# promtool, which Debian ships in the `prometheus` package. Only the tool is wanted: the
+# server is installed without being started (a policy-rc.d that refuses service starts,
+# for the duration of the install, and only when the machine has none of its own).
+step_promtool() {
+    local bin; bin=$(command -v promtool 2>/dev/null || true)
+    if [[ -n $bin ]]; then
+        if ((DRY)); then plan "promtool present ($bin)"; else say "promtool present ($bin)"; fi
+        return 0
+    fi
+    if ((DRY)); then plan "apt-get install prometheus (for promtool; the server is not started)"; return 0; fi
+    local guard=/usr/sbin/policy-rc.d own=0
+    if ((IS_ROOT && HAVE_APT)) && [[ ! -e $guard ]]; then
+        printf '#!/bin/sh\n# scripts/setup.sh (beiflow): no service starts while it installs prometheus\nexit 101\n' >"$guard"
+        chmod 755 "$guard"; own=1
+        trap 'rm -f "'"$guard"'"' EXIT
+    fi
+    apt_install prometheus
+    if ((own)); then rm -f "$guard"; trap - EXIT; fi
+    command -v promtool >/dev/null 2>&1 || die "prometheus installed but no promtool on PATH"
 }
 
 # ---------------------------------------------------------------- branch choice
@@ -526,8 +551,8 @@ else
 fi
 
 case $MODE in
-    all) step_packages; step_database; step_python ;;
-    system) step_packages; step_database ;;
+    all) step_packages; step_promtool; step_database; step_python ;;
+    system) step_packages; step_promtool; step_database ;;
     python) step_python ;;
 esac
 
