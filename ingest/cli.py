@@ -15,6 +15,7 @@ from pathlib import Path
 
 from beiflow import __version__
 from beiflow.ingest.config import Config, ConfigError, as_dict, load_config, parse_mqtt_url
+from beiflow.ingest.logs import redact, setup_logging
 
 log = logging.getLogger("beiflow")
 
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-format", default=os.environ.get("BEIFLOW_LOG_FORMAT", "text"),
+                        choices=["text", "json"],
+                        help="text, or one JSON object per line (env BEIFLOW_LOG_FORMAT)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run the whole pipeline here with simulated terminals",
@@ -144,8 +148,7 @@ def _config(args: argparse.Namespace) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level, args.log_format)
     try:
         return _dispatch(args)
     except ConfigError as exc:
@@ -265,6 +268,7 @@ def _replay(cfg: Config, args: argparse.Namespace) -> int:
         print(f"beiflow replay: {exc}", file=sys.stderr)
         return 1
     print(f"published {n} epochs to {topic} in {time.perf_counter() - t0:.2f} s")
+    log.debug("replayed to %s", redact(cfg.mqtt.url))
     return 0
 
 

@@ -106,6 +106,7 @@ class Collector:
         self._fences_loaded = False
         self._client = self._make_client()
         self._writing = 0
+        self._batches = 0
         metrics.db_up.set(1)  # nothing has failed yet; a failed write sets it to 0
         metrics.queue_depth.labels("collector").set_function(
             lambda: self.buffered() + self.in_flight())
@@ -274,13 +275,15 @@ class Collector:
         if not raw.topics:
             return
         t0 = time.perf_counter()
+        self._batches += 1
         self._writing = len(raw)
         try:
             try:
                 batch = self._pipeline.process(raw)
             except Exception as exc:  # a bug must not stall ingest nor lose the messages
                 log.exception("batch of %d messages failed in the pipeline; storing them as"
-                              " dead letters", len(raw))
+                              " dead letters", len(raw),
+                              extra={"batch": self._batches, "messages": len(raw)})
                 batch = self._pipeline.quarantine(raw, exc)
             result = self._write(batch, stop)
             if result is None:
@@ -312,7 +315,8 @@ class Collector:
                 self._metrics.db_up.set(0)
                 if self._db_ok:
                     log.error("database write failed, holding acks and retrying: %s",
-                              str(exc).strip().splitlines()[0] if str(exc) else exc)
+                              str(exc).strip().splitlines()[0] if str(exc) else exc,
+                              extra={"batch": self._batches})
                 self._db_ok = False
                 if stop.is_set() and deadline is None:
                     deadline = time.monotonic() + self._shutdown_timeout_s

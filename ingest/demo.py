@@ -18,6 +18,7 @@ from beiflow.ingest.broker import PrivateBroker
 from beiflow.ingest.config import Config, parse_mqtt_url
 from beiflow.ingest.db import migrate
 from beiflow.ingest.geofences import import_fences, read_geojson
+from beiflow.ingest.logs import redact
 from beiflow.ingest.metrics import Metrics
 from beiflow.ingest.runner import start_ingest
 from beiflow.ingest.sink import us_to_datetime
@@ -86,7 +87,8 @@ def run_demo(cfg: Config, args: argparse.Namespace, *, explicit_broker: bool) ->
     threading.Thread(target=summaries, name="summary", daemon=True).start()
     url = parse_mqtt_url(cfg.mqtt.url)
     terminals = make_terminals(args.devices, seed=args.seed)
-    print(f"demo: {len(terminals)} Beidou terminals around Yantai port -> {cfg.mqtt.url}; "
+    print(f"demo: {len(terminals)} Beidou terminals around Yantai port -> "
+          f"{redact(cfg.mqtt.url)}; "
           f"metrics on http://{ingest.server.host}:{ingest.server.port}/metrics", flush=True)
     try:
         asyncio.run(run_terminals(
