@@ -61,8 +61,11 @@ class PrivateBroker:
         """Start and wait until the port accepts connections."""
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(self.config_text())
+        # own session: a Ctrl-C in the terminal must not kill the broker before the
+        # pipeline has committed and acknowledged what it holds
         self._proc = subprocess.Popen([self.binary, "-c", str(conf)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      start_new_session=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
