@@ -121,13 +121,20 @@ class MetricsServer:
     """``/metrics``, ``/healthz`` (process alive) and ``/readyz`` (broker and database up)."""
 
     def __init__(self, metrics: Metrics, host: str, port: int,
-                 ready: Callable[[], bool] = lambda: True) -> None:
+                 ready: Callable[[], bool] = lambda: True,
+                 extra: Callable[[str, str], tuple[int, bytes, str] | None] | None = None,
+                 ) -> None:
+        """``extra(path, query)`` answers other paths (the live map) or returns None."""
         registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
+                path, _, query = self.path.partition("?")
+                reply = extra(path, query) if extra is not None and path not in (
+                    "/metrics", "/healthz", "/readyz") else None
+                if reply is not None:
+                    self._reply(*reply)
+                elif path == "/metrics":
                     self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     self._reply(200, b"ok\n")

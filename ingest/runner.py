@@ -14,6 +14,7 @@ from beiflow.ingest.config import Config, parse_hostport
 from beiflow.ingest.metrics import Metrics, MetricsServer
 from beiflow.ingest.pipeline import Pipeline
 from beiflow.ingest.sink import TimescaleSink
+from beiflow.ingest.web import WebApp
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,14 @@ class Ingest:
 
 def start_ingest(config: Config, *, metrics: Metrics | None = None,
                  on_batch: Callable[[BatchReport], None] | None = None) -> Ingest:
-    """Start the collector in a background thread and serve /metrics, /healthz, /readyz."""
+    """Start the collector in a background thread; serve /metrics, /healthz, /readyz, the map."""
     metrics = metrics or Metrics()
     sink = TimescaleSink(config.db.dsn)
     collector = Collector(config, pipeline=Pipeline(config, metrics), sink=sink,
                           metrics=metrics, on_batch=on_batch)
     host, port = parse_hostport(config.metrics.addr, "metrics.addr")
-    server = MetricsServer(metrics, host, port, ready=collector.ready).start()
+    server = MetricsServer(metrics, host, port, ready=collector.ready,
+                           extra=WebApp(config.db.dsn, metrics)).start()
     stop = threading.Event()
     collector.start()
     thread = threading.Thread(target=collector.run, args=(stop,), name="collector")

@@ -271,6 +271,17 @@ step_promtool() {
     command -v promtool >/dev/null 2>&1 || die "prometheus installed but no promtool on PATH"
 }
 
+step_chromium() {
+    # Debian's chromium for the live-map test (tests/test_web.py: headless screenshot)
+    if [[ -x /usr/bin/chromium ]]; then
+        if ((DRY)); then plan "chromium present (/usr/bin/chromium)"; else say "chromium present (/usr/bin/chromium)"; fi
+        return 0
+    fi
+    if ((DRY)); then plan "apt-get install chromium fonts-liberation (headless browser for the live-map test)"; return 0; fi
+    apt_install chromium fonts-liberation  # fonts are only recommended; we install without
+    [[ -x /usr/bin/chromium ]] || die "chromium installed but no /usr/bin/chromium"
+}
+
 # ---------------------------------------------------------------- branch choice
 
 # Sets BRANCH (binary|build), PGV (major used by beiflow), CLUSTER, CPORT.
@@ -551,8 +562,8 @@ else
 fi
 
 case $MODE in
-    all) step_packages; step_promtool; step_database; step_python ;;
-    system) step_packages; step_promtool; step_database ;;
+    all) step_packages; step_promtool; step_chromium; step_database; step_python ;;
+    system) step_packages; step_promtool; step_chromium; step_database ;;
     python) step_python ;;
 esac
 
