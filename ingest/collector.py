@@ -244,25 +244,52 @@ class Collector:
         self._sink.close()
 
     def _poll_fences(self) -> None:
-        """Pick up fence and reader-site changes (and, the first time, who is inside which
-        fence)."""
+        """Pick up fence and reader-site changes."""
         try:
             with psycopg.connect(self._cfg.db.dsn, connect_timeout=5) as conn:
                 self._pipeline.set_sites(load_sites(conn))
             fences = self._fences.poll()
-            if fences is None:
-                return
-            membership = None
-            if not self._fences_loaded:
-                with psycopg.connect(self._cfg.db.dsn, connect_timeout=5) as conn:
-                    membership = load_membership(conn)
         except psycopg.Error as exc:
             log.warning("cannot load geofences yet: %s", str(exc).strip().splitlines()[0])
             return
-        self._pipeline.set_fences(fences, membership)
-        log.info("geofences: %d loaded%s", len(fences),
-                 f", {len(membership.device_id)} memberships restored" if membership else "")
-        self._fences_loaded = True
+        if fences is not None:
+            self._pipeline.set_fences(fences)
+            log.info("geofences: %d loaded", len(fences))
+            self._fences_loaded = True
+
+    def _restore_first_seen(self, raw: RawBatch, stop: threading.Event) -> bool:
+        """Rebuild fence memberships of devices this collector has not seen before (after
+        a restart, or handed over by the broker), before their fixes are processed; False
+        only when stopping while the database is unreachable."""
+        ids, upto = self._pipeline.unrestored(raw)
+        if not ids:
+            return True
+        delay = self._cfg.db.retry_s
+        deadline: float | None = None
+        while True:
+            try:
+                if not self._fences_loaded:
+                    self._poll_fences()
+                if self._fences_loaded:
+                    with psycopg.connect(self._cfg.db.dsn, connect_timeout=5) as conn:
+                        found = self._pipeline.restore_membership(
+                            load_membership(conn, ids), upto)
+                    if found:
+                        log.info("restored %d fence memberships of %d new devices", found,
+                                 len(ids))
+                    return True
+            except psycopg.Error as exc:
+                log.warning("cannot restore fence memberships yet: %s",
+                            str(exc).strip().splitlines()[0])
+            if stop.is_set() and deadline is None:
+                deadline = time.monotonic() + self._shutdown_timeout_s
+            if deadline is not None and time.monotonic() + delay > deadline:
+                return False
+            if deadline is None:
+                stop.wait(delay)
+            else:
+                time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     def _take(self) -> tuple[RawBatch, list[int], int]:
         with self._lock:
@@ -278,6 +305,10 @@ class Collector:
         self._batches += 1
         self._writing = len(raw)
         try:
+            if not self._restore_first_seen(raw, stop):
+                log.warning("shutdown: %d messages not processed; the broker will redeliver "
+                            "them", len(raw))
+                return
             try:
                 batch = self._pipeline.process(raw)
             except Exception as exc:  # a bug must not stall ingest nor lose the messages

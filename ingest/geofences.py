@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -103,7 +104,7 @@ _INSIDE = (
     "  AND w.geofence_id = e.geofence_id AND w.event = 'dwell' AND w.time >= e.time),"
     " (SELECT max(p.time) FROM positions p WHERE p.device_id = e.device_id)"
     " FROM (SELECT DISTINCT ON (device_id, geofence_id) device_id, geofence_id, event, time"
-    "  FROM geofence_events WHERE event IN ('enter', 'exit')"
+    "  FROM geofence_events WHERE device_id = ANY(%s) AND event IN ('enter', 'exit')"
     "  ORDER BY device_id, geofence_id, time DESC) e"
     " JOIN devices d USING (device_id) WHERE e.event = 'enter'"
 )
@@ -121,9 +122,11 @@ class Membership:
     last_time_us: list[int]
 
 
-def load_membership(conn: psycopg.Connection) -> Membership:
-    """Who is inside which fence, rebuilt from ``geofence_events`` (for a restart)."""
-    rows = conn.execute(_INSIDE).fetchall()
+def load_membership(conn: psycopg.Connection, device_ids: Sequence[str]) -> Membership:
+    """Which fences these devices are inside, rebuilt from ``geofence_events``: for a
+    collector that sees them for the first time (after a restart, or when the broker
+    moved them over from another collector)."""
+    rows = conn.execute(_INSIDE, (list(device_ids),)).fetchall()
 
     def us(t: datetime) -> int:
         return (t - _EPOCH) // timedelta(microseconds=1)

@@ -45,16 +45,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (test runners swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Emit to the current stderr."""
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 class _RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Configure the root logger on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Configure the root logger on stderr (replacing only a handler set up here before)."""
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else _RedactingFormatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _StderrHandler)]
+    root.addHandler(handler)
     root.setLevel(level)

@@ -69,6 +69,8 @@ class Pipeline:
         self.core = Core(CoreConfig(geofence_debounce=config.geofence.debounce))
         self._kind_rules = tuple(config.devices.kinds.items())
         self._offline_check_us = 0
+        #: Devices below this index have had their fence memberships restored.
+        self._restored = 0
 
     def process(self, raw: RawBatch) -> WriteBatch:
         """Everything this batch should commit: rows, dead letters, registry updates."""
@@ -165,22 +167,34 @@ class Pipeline:
         return AnomalyBatch(*(getattr(found, f)[keep] for f in
                               ("time", "device", "stream", "kind", "score", "detail")))
 
-    def set_fences(self, defs: Sequence[FenceDef], membership: Membership | None = None) -> None:
-        """Use a new fence set; with ``membership`` (at start-up) also restore who is inside
-        which fence from the stored events."""
+    def set_fences(self, defs: Sequence[FenceDef]) -> None:
+        """Use a new fence set (memberships of fences that keep their id survive)."""
         self.core.set_fences(defs)
-        if membership is None:
-            return
+
+    def unrestored(self, raw: RawBatch) -> tuple[list[str], int]:
+        """Devices first seen in ``raw`` (or since the last restore), whose fence
+        memberships must be restored before the batch is processed, and the device count
+        to pass to :meth:`restore_membership`."""
+        for topic in raw.topics:
+            self.topics.parse(topic)
+        return self.devices.ids[self._restored:], len(self.devices)
+
+    def restore_membership(self, membership: Membership, upto: int) -> int:
+        """Merge stored memberships of first-seen devices; returns how many were added."""
+        self._restored = max(self._restored, upto)
         fence_of = {fid: i for i, fid in enumerate(self.core.fence_ids)}
         keep = [j for j, fid in enumerate(membership.geofence_id) if fid in fence_of]
+        if not keep:
+            return 0
         pick = np.asarray(keep, dtype=np.intp)
-        self.core.geofence = GeofenceState.restore(
+        restored = GeofenceState.restore(
             np.array([self.devices.get(membership.device_id[j], membership.site[j])
                       for j in keep], dtype=np.int64),
             np.array([fence_of[membership.geofence_id[j]] for j in keep], dtype=np.int64),
             np.asarray(membership.inside_since_us, dtype=np.int64)[pick],
             np.asarray(membership.dwell_emitted, dtype=bool)[pick],
             np.asarray(membership.last_time_us, dtype=np.int64)[pick])
+        return self.core.geofence.merge(restored)
 
     def set_sites(self, sites: Sequence[Site]) -> None:
         """Reader positions and zones for the RFID travel and cold-chain checks."""

@@ -130,6 +130,24 @@ class GeofenceState:
             np.maximum.at(state._dev_last, device, last)
         return state
 
+    def merge(self, other: GeofenceState) -> int:
+        """Add the pairs of ``other`` (e.g. restored from the database for devices seen for
+        the first time); pairs already tracked here win. Returns how many were added."""
+        new = ~np.isin(other.key, self.key)
+        if other._dev_last.size:
+            self._grow(other._dev_last.size)
+            np.maximum(self._dev_last[:other._dev_last.size], other._dev_last,
+                       out=self._dev_last[:other._dev_last.size])
+        if not new.any():
+            return 0
+        key = np.concatenate([self.key, other.key[new]])
+        order = np.argsort(key, kind="stable")
+        self.key = key[order]
+        for name in ("inside", "since", "dwell", "over", "pending", "pending_since"):
+            merged = np.concatenate([getattr(self, name), getattr(other, name)[new]])
+            setattr(self, name, merged[order])
+        return int(new.sum())
+
     def remap_fences(self, old_ids: Sequence[str], new_ids: Sequence[str]) -> int:
         """Re-key memberships to a re-imported fence set by ``geofence_id``.
 

@@ -63,8 +63,14 @@ def test_geofence_events_survive_a_restart_and_fences_reload_live(
     assert _events(db_dsn, "yt-9") == [("yard-1", "enter", T0 + 3 * STEP)]
     first.close()
 
-    # a new process rebuilds membership from the database: no second enter, then an exit
-    second = run_ingest(config)
+    # another collector, already busy with other devices, gets yt-9 handed over: it
+    # rebuilds yt-9's membership from the database on first sight (no second enter)
+    second = run_ingest(replace(config, mqtt=replace(config.mqtt,
+                                                     client_id=f"{config.mqtt.client_id}-b")))
+    publish_in_order(url, f"{config.mqtt.topic_root}/yantai/busy-1/nmea",
+                     _epochs([OUT] * 3, 0), rate_hz=0)
+    wait_for(lambda: count(db_dsn, "SELECT count(*) FROM positions WHERE device_id = 'busy-1'")
+             == 3, what="the second collector busy with another device")
     publish_in_order(url, topic, _epochs([IN] * 2 + [OUT] * 4, 7), rate_hz=0)
     wait_for(lambda: len(_events(db_dsn, "yt-9")) >= 2, what="exit event")
     assert _events(db_dsn, "yt-9") == [("yard-1", "enter", T0 + 3 * STEP),
