@@ -95,7 +95,8 @@ class Terminal:
 
     def epoch(self, t: datetime, dt_s: float) -> bytes:
         """Advance by ``dt_s`` and return this epoch's sentences, CRLF-separated."""
-        self.speed_mps = min(16.0, max(2.0, self.speed_mps + self.rng.gauss(0, 0.3)))
+        # port traffic: mostly under the 30 km/h port limit, now and then over a yard's 20
+        self.speed_mps = min(7.5, max(1.0, self.speed_mps + self.rng.gauss(0, 0.2)))
         self.s_m += self.speed_mps * dt_s
         lat, lon, course = self.route.at(self.s_m)
         hdop = round(self.rng.uniform(0.6, 1.4), 2)
@@ -132,7 +133,7 @@ def make_terminals(n: int, *, seed: int, prefix: str = "bds") -> list[Terminal]:
             talker=TALKERS[i % len(TALKERS)],
             route=route,
             s_m=rng.uniform(0, route.length_m),
-            speed_mps=rng.uniform(6, 12),
+            speed_mps=rng.uniform(3, 6),
             rng=random.Random(rng.getrandbits(64)),
         )
         for i in range(n)
