@@ -89,7 +89,8 @@ def run_demo(cfg: Config, args: argparse.Namespace, *, explicit_broker: bool) ->
     terminals = make_terminals(args.devices, seed=args.seed)
     print(f"demo: {len(terminals)} Beidou terminals around Yantai port -> "
           f"{redact(cfg.mqtt.url)}; "
-          f"metrics on http://{ingest.server.host}:{ingest.server.port}/metrics", flush=True)
+          f"live map on http://{ingest.server.host}:{ingest.server.port}/ (metrics at "
+          f"/metrics); Ctrl-C stops", flush=True)
     try:
         asyncio.run(run_terminals(
             terminals, host=url.host, port=url.port, root=cfg.mqtt.topic_root, site="yantai",
