@@ -14,7 +14,14 @@ from datetime import date
 from pathlib import Path
 
 from beiflow import __version__
-from beiflow.ingest.config import Config, ConfigError, as_dict, load_config, parse_mqtt_url
+from beiflow.ingest.config import (
+    Config,
+    ConfigError,
+    as_dict,
+    load_config,
+    mqtt_endpoint,
+    parse_mqtt_url,
+)
 from beiflow.ingest.logs import redact, setup_logging
 
 log = logging.getLogger("beiflow")
@@ -111,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Apply the versioned SQL under schemas/migrations and "
                          "enable compression where the TimescaleDB edition has it.")
     _connection_flags(m, mqtt=False)
+    m = dbsub.add_parser("grant-ingest", help="grant a role what `beiflow ingest` needs",
+                         description="Run as the schema owner after `db migrate`: gives ROLE "
+                         "(which must exist) CONNECT and TEMPORARY on the database and "
+                         "INSERT/SELECT (UPDATE only on the upserted devices, positions and "
+                         "rfid_tags) on the tables ingest writes, and nothing else: no "
+                         "DELETE, no DDL. Run ingest as that role.")
+    m.add_argument("role", help="an existing PostgreSQL role (or a NOLOGIN group role)")
+    _connection_flags(m, mqtt=False)
 
     p = sub.add_parser("geofence", help="geofences")
     gsub = p.add_subparsers(dest="geofence_command", required=True, metavar="GEOFENCE_COMMAND")
@@ -167,7 +182,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(as_dict(cfg), indent=2))
         return 0
     if cmd == "db":
-        return _migrate(cfg)
+        return _grant_ingest(cfg, args.role) if args.db_command == "grant-ingest" \
+            else _migrate(cfg)
     if cmd == "geofence":
         return _geofence_import(cfg, args)
     if cmd == "ingest":
@@ -208,6 +224,20 @@ def _migrate(cfg: Config) -> int:
         print(f"beiflow db migrate: {exc}", file=sys.stderr)
         return 1
     print(f"schema at version {version}; applied {applied or 'nothing (up to date)'}")
+    return 0
+
+
+def _grant_ingest(cfg: Config, role: str) -> int:
+    import psycopg
+
+    from beiflow.ingest.db import grant_ingest
+
+    try:
+        done = grant_ingest(cfg.db.dsn, role)
+    except psycopg.Error as exc:
+        print(f"beiflow db grant-ingest: {str(exc).strip()}", file=sys.stderr)
+        return 1
+    print("\n".join(done))
     return 0
 
 
@@ -263,8 +293,8 @@ def _replay(cfg: Config, args: argparse.Namespace) -> int:
     topic = f"{cfg.mqtt.topic_root}/{args.site}/{args.device}/nmea"
     t0 = time.perf_counter()
     try:
-        n = publish_in_order(parse_mqtt_url(cfg.mqtt.url), topic, epochs, rate_hz=args.rate)
-    except (OSError, PublishError) as exc:
+        n = publish_in_order(mqtt_endpoint(cfg.mqtt), topic, epochs, rate_hz=args.rate)
+    except (OSError, PublishError, ConfigError) as exc:
         print(f"beiflow replay: {exc}", file=sys.stderr)
         return 1
     print(f"published {n} epochs to {topic} in {time.perf_counter() - t0:.2f} s")

@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from beiflow.ingest.config import Config, parse_mqtt_url
+from beiflow.ingest.config import Config, mqtt_endpoint, parse_mqtt_url
 from beiflow.ingest.geofences import FenceWatcher, load_membership, load_sites
 from beiflow.ingest.metrics import Metrics
 from beiflow.ingest.pipeline import Pipeline, RawBatch
@@ -55,6 +55,16 @@ class _FastPublishClient(mqtt.Client):
     """
 
     on_publish_fast: Callable[[bytes, bytes, int, int, bool], None] | None = None
+    #: Why the last connection attempt failed (TLS verification, refused, unreachable).
+    last_connect_error: OSError | None = None
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        """paho's reconnect, remembering the error paho's retry loop would swallow."""
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            self.last_connect_error = exc
+            raise
 
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
         fast = self.on_publish_fast
@@ -117,13 +127,10 @@ class Collector:
         cfg = self._cfg.mqtt
         client = _FastPublishClient(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
                                     protocol=mqtt.MQTTv5, manual_ack=True)
-        url = parse_mqtt_url(cfg.url)
-        if url.username:
-            client.username_pw_set(url.username, url.password)
-        if url.tls:
-            client.tls_set()
+        mqtt_endpoint(cfg).configure(client)  # credentials, TLS with verification
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish_fast = self._on_publish
@@ -144,6 +151,12 @@ class Collector:
         self._metrics.mqtt_connected.set(1)
         log.info("connected to %s:%s (session present: %s), subscribed to %s",
                  *self._hostport(), flags.session_present, topic)
+
+    def _on_connect_fail(self, client: mqtt.Client, _userdata: object) -> None:
+        exc = getattr(client, "last_connect_error", None)
+        self._metrics.mqtt_connected.set(0)
+        log.error("cannot connect to broker %s:%s: %s", *self._hostport(),
+                  exc if exc is not None else "connection failed")
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object,
                        _flags: mqtt.DisconnectFlags, reason: ReasonCode,

@@ -35,6 +35,17 @@ class MqttConfig:
     #: MQTT v5 Receive Maximum: how many unacknowledged QoS 1 messages we accept.
     receive_maximum: int = 65535
     keepalive_s: int = 30
+    #: Broker login when the URL has none (env BEIFLOW_MQTT_USERNAME).
+    username: str = ""
+    #: Password when the URL has none (env BEIFLOW_MQTT_PASSWORD); never printed or logged.
+    password: str = field(default="", repr=False)
+    #: File whose first line is the password (used when neither URL nor password has one).
+    password_file: str = ""
+    #: mqtts://: CA bundle to verify the broker with (empty: the system CA store).
+    ca_file: str = ""
+    #: mqtts://: client certificate and its key (PEM), for brokers requiring certificates.
+    cert_file: str = ""
+    key_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +150,8 @@ ENV_KEYS: dict[str, str] = {
     "BEIFLOW_TOPIC_ROOT": "mqtt.topic_root",
     "BEIFLOW_CLIENT_ID": "mqtt.client_id",
     "BEIFLOW_SHARED_GROUP": "mqtt.shared_group",
+    "BEIFLOW_MQTT_USERNAME": "mqtt.username",
+    "BEIFLOW_MQTT_PASSWORD": "mqtt.password",
 }
 
 
@@ -234,7 +247,11 @@ def load_config(
 
 
 def _validate(cfg: Config) -> None:
-    parse_mqtt_url(cfg.mqtt.url)
+    url = parse_mqtt_url(cfg.mqtt.url)
+    if bool(cfg.mqtt.cert_file) != bool(cfg.mqtt.key_file):
+        raise ConfigError("mqtt.cert_file and mqtt.key_file: set both or neither")
+    if not url.tls and (cfg.mqtt.ca_file or cfg.mqtt.cert_file):
+        raise ConfigError("mqtt.ca_file / mqtt.cert_file need an mqtts:// url")
     parse_hostport(cfg.metrics.addr, "metrics.addr")
     if cfg.mqtt.qos not in (0, 1):
         raise ConfigError("mqtt.qos: must be 0 or 1")
@@ -261,6 +278,39 @@ class MqttUrl:
     tls: bool
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    #: TLS: CA bundle (None: the system store), client certificate and key.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def configure(self, client: Any) -> None:
+        """Set credentials and TLS on a paho client. TLS always verifies the broker's
+        certificate and host name (against ``ca_file`` or the system CA store)."""
+        if self.username:
+            client.username_pw_set(self.username, self.password)
+        if self.tls:
+            client.tls_set(ca_certs=self.ca_file, certfile=self.cert_file,
+                           keyfile=self.key_file)
+
+
+def mqtt_endpoint(cfg: MqttConfig) -> MqttUrl:
+    """The broker to connect to with credentials and TLS files resolved: user and password
+    from the URL, else ``mqtt.username`` / ``mqtt.password`` (environment), else the first
+    line of ``mqtt.password_file``."""
+    url = parse_mqtt_url(cfg.url)
+    username = url.username or cfg.username or None
+    password = url.password or cfg.password or None
+    if password is None and cfg.password_file:
+        try:
+            with open(cfg.password_file, encoding="utf-8") as fh:
+                password = fh.readline().rstrip("\r\n") or None
+        except OSError as exc:
+            raise ConfigError(
+                f"mqtt.password_file: cannot read {cfg.password_file}: {exc.strerror}") from exc
+    if password is not None and username is None:
+        raise ConfigError("mqtt: a password is set but no username")
+    return replace(url, username=username, password=password, ca_file=cfg.ca_file or None,
+                   cert_file=cfg.cert_file or None, key_file=cfg.key_file or None)
 
 
 def parse_mqtt_url(url: str) -> MqttUrl:
@@ -298,4 +348,6 @@ def as_dict(cfg: Config) -> dict[str, Any]:
     url = parse_mqtt_url(cfg.mqtt.url)
     if url.password:
         data["mqtt"]["url"] = cfg.mqtt.url.replace(f":{url.password}@", ":***@")
+    if cfg.mqtt.password:
+        data["mqtt"]["password"] = "***"
     return data

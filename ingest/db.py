@@ -154,3 +154,54 @@ def schema_version(dsn: str) -> int:
             return 0
         row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
         return int(row[0]) if row else 0
+
+
+#: What the ingest role may do, table by table: INSERT everything the sink writes, UPDATE
+#: only where it upserts (devices, the positions merge of split epochs, rfid_tags), SELECT
+#: what the collector and the live map read. No DELETE, no TRUNCATE, no DDL.
+INGEST_GRANTS: dict[str, tuple[str, ...]] = {
+    "devices": ("SELECT", "INSERT", "UPDATE"),
+    "positions": ("SELECT", "INSERT", "UPDATE"),
+    "rfid_tags": ("SELECT", "INSERT", "UPDATE"),
+    "sensor_readings": ("SELECT", "INSERT"),
+    "rfid_reads": ("SELECT", "INSERT"),
+    "dead_letters": ("SELECT", "INSERT"),
+    "geofence_events": ("SELECT", "INSERT"),
+    "anomalies": ("SELECT", "INSERT"),
+    "geofences": ("SELECT",),
+    "schema_migrations": ("SELECT",),
+    "latest_positions": ("SELECT",),
+}
+_INGEST_SEQUENCES = ("dead_letters_id_seq",)
+
+
+def grant_ingest(dsn: str, role: str) -> list[str]:
+    """Give an existing role exactly what ``beiflow ingest`` needs (run as the schema owner,
+    after ``migrate``): CONNECT and TEMPORARY on the database (the sink stages rows in temp
+    tables), USAGE on the schema, the table privileges of ``INGEST_GRANTS``. Returns the
+    statements run. Nothing is granted that allows DDL; on PostgreSQL 14 and older PUBLIC
+    itself may CREATE in schema ``public``, which this reports but leaves alone."""
+    done: list[str] = []
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        who = sql.Identifier(role)
+        db = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+        stmts = [
+            sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
+                sql.Identifier(db), who),
+            sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(who),
+        ]
+        for table, privs in INGEST_GRANTS.items():
+            stmts.append(sql.SQL("GRANT {} ON TABLE {} TO {}").format(
+                sql.SQL(", ").join(sql.SQL(p) for p in privs), sql.Identifier(table), who))
+        for seq in _INGEST_SEQUENCES:
+            stmts.append(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
+                sql.Identifier(seq), who))
+        for stmt in stmts:
+            conn.execute(stmt)
+            done.append(stmt.as_string(conn))
+        row = conn.execute("SELECT has_schema_privilege(%s, 'public', 'CREATE')",
+                           (role,)).fetchone()
+        if row and row[0]:
+            log.warning("role %s can CREATE in schema public (PUBLIC has CREATE there on "
+                        "PostgreSQL < 15): REVOKE CREATE ON SCHEMA public FROM PUBLIC", role)
+    return done
