@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -32,7 +34,8 @@ class PrivateBroker:
     """Runs ``mosquitto`` with beiflow's limits and its own persistence directory."""
 
     def __init__(self, *, port: int = 0, binary: str | None = None,
-                 workdir: Path | None = None, extra: str = "") -> None:
+                 workdir: Path | None = None, extra: str = "", listener_options: str = "",
+                 allow_anonymous: bool = True, tls: bool = False) -> None:
         found = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(found).exists():
             raise FileNotFoundError("mosquitto not found: run `make setup` or "
@@ -42,17 +45,24 @@ class PrivateBroker:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="beiflow-mqtt-")
         self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
         self.extra = extra
+        #: Lines for the listener (``cafile``/``certfile``/``keyfile``/``require_certificate``
+        #: for a TLS-only broker: pass ``tls=True`` too, so ``url`` says ``mqtts``).
+        self.listener_options = listener_options
+        self.allow_anonymous = allow_anonymous
+        self.tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """``mqtt://127.0.0.1:<port>``."""
-        return f"mqtt://127.0.0.1:{self.port}"
+        """``mqtt://127.0.0.1:<port>`` (``mqtts://`` for a TLS listener)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def config_text(self) -> str:
         """The configuration file this broker runs with."""
         limits = "\n".join(f"{k} {v}" for k, v in BROKER_LIMITS.items())
-        return (f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        listener = f"{self.listener_options.strip()}\n" if self.listener_options.strip() else ""
+        anonymous = "true" if self.allow_anonymous else "false"
+        return (f"listener {self.port} 127.0.0.1\n{listener}allow_anonymous {anonymous}\n"
                 f"persistence true\npersistence_location {self.workdir}/\n"
                 f"autosave_interval 60\nlog_dest file {self.workdir}/mosquitto.log\n"
                 f"{limits}\n{self.extra}\n")
@@ -61,6 +71,7 @@ class PrivateBroker:
         """Start and wait until the port accepts connections."""
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(self.config_text())
+        self._hand_over_workdir()
         # own session: a Ctrl-C in the terminal must not kill the broker before the
         # pipeline has committed and acknowledged what it holds
         self._proc = subprocess.Popen([self.binary, "-c", str(conf)],
@@ -78,6 +89,18 @@ class PrivateBroker:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"mosquitto did not listen on {self.port} within 10 s")
+
+    def _hand_over_workdir(self) -> None:
+        """Started as root, mosquitto drops to its own user: let that user write its
+        persistence file and log here, or sessions would not survive a restart."""
+        if os.geteuid() != 0:
+            return
+        try:
+            user = pwd.getpwnam("mosquitto")
+        except KeyError:
+            return
+        for path in (self.workdir, *self.workdir.iterdir()):
+            os.chown(path, user.pw_uid, user.pw_gid)
 
     def stop(self) -> None:
         """Terminate (the persistence directory is kept until ``close``)."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
+from hypothesis import settings
 from psycopg import sql
 
 from beiflow.ingest.broker import PrivateBroker
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
     from beiflow.ingest.runner import Ingest
 
 DATA = Path(__file__).parent / "data"
+
+# CI runs the same examples every time (a failure there must be reproducible); local
+# runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def _admin_dsn() -> str:

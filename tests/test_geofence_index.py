@@ -135,11 +135,14 @@ def fence_sets(draw: st.DrawFn) -> tuple[list[dict], np.random.Generator, dict]:
         meta["circles"][f"c{i}"] = (centre, radius)
         feats.append({"type": "Feature", "id": f"c{i}", "properties": {"radius_m": radius},
                       "geometry": {"type": "Point", "coordinates": list(centre)}})
+    # corridors within the documented accuracy: segments of up to ~0.1 degree (a road's
+    # vertices are far closer); longer ones at high latitude exceed the stated bound
+    step = min(scale, 0.02)
     for i in range(draw(st.integers(0, 2))):
         n = int(rng.integers(2, 8))
-        line = np.c_[cx + np.cumsum(rng.normal(0, scale, n)),
-                     cy + np.cumsum(rng.normal(0, scale, n))]
-        width = float(scale * R * math.pi / 180 * rng.uniform(0.05, 1.0))
+        line = np.c_[cx + np.cumsum(rng.normal(0, step, n)),
+                     cy + np.cumsum(rng.normal(0, step, n))]
+        width = float(step * R * math.pi / 180 * rng.uniform(0.05, 1.0))
         meta["corridors"][f"r{i}"] = (line, width)
         feats.append({"type": "Feature", "id": f"r{i}", "properties": {"width_m": width},
                       "geometry": {"type": "LineString", "coordinates": line.tolist()}})
