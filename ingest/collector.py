@@ -248,6 +248,8 @@ class Collector:
                 idle = self._pipeline.idle(time.time_ns() // 1000)
                 if idle is not None:
                     self._write(idle, stop)
+                else:
+                    self._check_db()  # keep /readyz truthful while no batch is written
                 next_idle = now + 1.0
             self._wake.wait(max_age - age if n else 0.25)
             self._wake.clear()
@@ -255,6 +257,14 @@ class Collector:
         self._client.disconnect()
         self._client.loop_stop()
         self._sink.close()
+
+    def _check_db(self) -> None:
+        """Idle: ping the database so readiness reflects it without waiting for a write."""
+        ok = self._sink.ping()
+        if ok != self._db_ok:
+            log.warning("database %s", "reachable again" if ok else "unreachable")
+        self._db_ok = ok
+        self._metrics.db_up.set(1 if ok else 0)
 
     def _poll_fences(self) -> None:
         """Pick up fence and reader-site changes."""

@@ -100,6 +100,8 @@ class Pipeline:
         # An empty retained status clears the retained message (MQTT's way); elsewhere an
         # empty payload carries nothing and is recorded as such.
         empty = topic_ok & (size == 0)
+        for k in np.flatnonzero(topic_ok & (size > 0) & (size <= 16)):
+            empty[k] = not raw.payloads[k].strip()  # whitespace only: nothing in it either
         for k in np.flatnonzero(empty & (stream != _STREAM_CODE["status"])):
             dead.append(self._dead(raw, int(k), "empty_payload", streams[k], int(device[k])))
         fits &= ~empty

@@ -76,3 +76,15 @@ def test_outage_holds_acks_and_every_message_lands_once(
     assert count(db_dsn, "SELECT count(DISTINCT time) FROM positions WHERE device_id = 'bd-out'"
                  ) == 3100
     wait_for(lambda: _ready(ing) == 200, what="ready again")
+
+
+def test_readiness_follows_the_database_while_idle(
+        config: Config, run_ingest: Callable[..., Ingest], db_dsn: str,
+        db_proxy: TcpProxy) -> None:
+    via_proxy = psycopg.conninfo.make_conninfo(db_dsn, host="127.0.0.1", port=db_proxy.port)
+    ing = run_ingest(replace(config, db=replace(config.db, dsn=via_proxy)))
+    assert _ready(ing) == 200
+    db_proxy.cut()      # no traffic at all: only the idle ping can notice
+    wait_for(lambda: _ready(ing) == 503, what="not ready while the database is gone")
+    db_proxy.restore()
+    wait_for(lambda: _ready(ing) == 200, what="ready again")

@@ -59,3 +59,10 @@ def test_topics_are_classified_and_devices_reindexed_per_batch() -> None:
     assert batch.msg_device.tolist() == [0, 1, -1]
     assert [dl.error for dl in batch.dead_letters] == ["bad_topic"]
     assert batch.positions is not None and sorted(batch.positions["device"].tolist()) == [0, 1]
+
+
+def test_whitespace_only_payloads_are_dead_lettered_as_empty() -> None:
+    p = _pipeline()
+    raw = RawBatch([b"telemetry/yt/bd-1/nmea"] * 2, [b"\r\n", b" \n\t"],
+                   [time.time_ns() // 1000] * 2)
+    assert [dl.error for dl in p.process(raw).dead_letters] == ["empty_payload"] * 2
