@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -112,7 +112,7 @@ class Collector:
         # QoS 0 has no redelivery and no Receive Maximum: beyond this it is shed and counted.
         self._max_buffered = max(config.mqtt.receive_maximum, config.batch.max_messages) * 2
         self._shutdown_timeout_s = 10.0
-        self._fences = FenceWatcher(config.db.dsn)
+        self._fences = FenceWatcher()
         self._fences_loaded = False
         self._client = self._make_client()
         self._writing = 0
@@ -271,7 +271,7 @@ class Collector:
         try:
             with psycopg.connect(self._cfg.db.dsn, connect_timeout=5) as conn:
                 self._pipeline.set_sites(load_sites(conn))
-            fences = self._fences.poll()
+                fences = self._fences.poll(conn)
         except psycopg.Error as exc:
             log.warning("cannot load geofences yet: %s", str(exc).strip().splitlines()[0])
             return
@@ -287,9 +287,7 @@ class Collector:
         ids, upto = self._pipeline.unrestored(raw)
         if not ids:
             return True
-        delay = self._cfg.db.retry_s
-        deadline: float | None = None
-        while True:
+        for _ in self._attempts(stop):
             try:
                 if not self._fences_loaded:
                     self._poll_fences()
@@ -304,10 +302,20 @@ class Collector:
             except psycopg.Error as exc:
                 log.warning("cannot restore fence memberships yet: %s",
                             str(exc).strip().splitlines()[0])
+        return False
+
+    def _attempts(self, stop: threading.Event) -> Iterator[None]:
+        """Yield before each database attempt: at once, then after a delay doubling from
+        ``db.retry_s`` up to 10 s. Once ``stop`` is set, attempts end when the next wait
+        would outlast the shutdown timeout."""
+        delay = self._cfg.db.retry_s
+        deadline: float | None = None
+        while True:
+            yield
             if stop.is_set() and deadline is None:
                 deadline = time.monotonic() + self._shutdown_timeout_s
             if deadline is not None and time.monotonic() + delay > deadline:
-                return False
+                return
             if deadline is None:
                 stop.wait(delay)
             else:
@@ -359,9 +367,7 @@ class Collector:
             self._on_batch(BatchReport(len(raw), result.rows, len(batch.dead_letters), acked))
 
     def _write(self, batch: WriteBatch, stop: threading.Event) -> WriteResult | None:
-        delay = self._cfg.db.retry_s
-        deadline: float | None = None
-        while True:
+        for _ in self._attempts(stop):
             try:
                 result = self._sink.write(batch)
             except psycopg.Error as exc:
@@ -372,21 +378,13 @@ class Collector:
                               str(exc).strip().splitlines()[0] if str(exc) else exc,
                               extra={"batch": self._batches})
                 self._db_ok = False
-                if stop.is_set() and deadline is None:
-                    deadline = time.monotonic() + self._shutdown_timeout_s
-                if deadline is not None and time.monotonic() + delay > deadline:
-                    return None
-                if deadline is None:
-                    stop.wait(delay)
-                else:
-                    time.sleep(delay)
-                delay = min(delay * 2, 10.0)
                 continue
             if not self._db_ok:
                 log.info("database writes resumed")
             self._db_ok = True
             self._metrics.db_up.set(1)
             return result
+        return None
 
     def _ack(self, mids: list[int], gen: int) -> int:
         with self._lock:

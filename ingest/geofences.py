@@ -82,18 +82,16 @@ def fences_version(conn: psycopg.Connection) -> tuple[object, int]:
 class FenceWatcher:
     """Polls the ``geofences`` table and hands back the fence set when it changed."""
 
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
+    def __init__(self) -> None:
         self._version: tuple[object, int] | None = None
 
-    def poll(self) -> list[FenceDef] | None:
+    def poll(self, conn: psycopg.Connection) -> list[FenceDef] | None:
         """The current fences if they changed since the last poll, else None; raises
         ``psycopg.Error`` when the database is unreachable."""
-        with psycopg.connect(self._dsn, connect_timeout=5) as conn:
-            version = fences_version(conn)
-            if version == self._version:
-                return None
-            fences = load_fences(conn)
+        version = fences_version(conn)
+        if version == self._version:
+            return None
+        fences = load_fences(conn)
         self._version = version
         return fences
 
