@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import nmea_decode  # bench/ sibling: run as `python bench/backlog.py`
 import paho.mqtt.client as mqtt
@@ -32,15 +34,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from psycopg import sql
 
 from beiflow.devices.simulators.nmea_encode import gga, rmc
 from beiflow.ingest.broker import PrivateBroker
 from beiflow.ingest.collector import BatchReport
 from beiflow.ingest.config import Config, load_config, parse_mqtt_url
-from beiflow.ingest.db import migrate
 from beiflow.ingest.metrics import Metrics
 from beiflow.ingest.runner import start_ingest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tests` from the repo root
+from tests.scratchdb import scratch_database
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -246,22 +249,11 @@ def live_rate(cfg: Config, msgs: list[tuple[str, bytes]]) -> float:
 @contextmanager
 def bench_database(admin_dsn: str) -> Iterator[str]:
     """A fresh migrated database with a baseline table shaped like positions."""
-    name = f"beiflow_bench_{os.getpid()}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
-    try:
-        migrate(dsn)
+    with scratch_database(admin_dsn, f"beiflow_bench_{os.getpid()}") as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE positions_baseline (LIKE positions INCLUDING ALL)")
             conn.execute("SELECT create_hypertable('positions_baseline', by_range('time'))")
         yield dsn
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
 
 
 def _truncate(dsn: str) -> None:

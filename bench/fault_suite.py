@@ -14,34 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-import psycopg
-from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tests` from the repo root
 
 from beiflow.ingest.broker import PrivateBroker
-from beiflow.ingest.db import migrate
 from tests import faultkit as fk
-
-
-@contextmanager
-def fault_database(admin_dsn: str) -> Iterator[str]:
-    """A fresh migrated database, dropped afterwards."""
-    name = f"beiflow_faults_{os.getpid()}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
-    try:
-        migrate(dsn)
-        yield dsn
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+from tests.scratchdb import scratch_database
 
 
 def run_one(name: str, broker: PrivateBroker, dsn: str, n: int, *, short: bool,
@@ -77,7 +56,7 @@ def main() -> int:
     admin = os.environ.get("BEIFLOW_ADMIN_DSN", "postgresql://root@127.0.0.1:5432/postgres")
     bad = 0
     with PrivateBroker(binary=os.environ.get("BEIFLOW_MOSQUITTO")) as broker, \
-            fault_database(admin) as dsn:
+            scratch_database(admin, f"beiflow_faults_{os.getpid()}") as dsn:
         for rep in range(args.repeat):
             for name in args.only or fk.SCENARIOS:
                 try:

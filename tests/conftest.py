@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING
 import psycopg
 import pytest
 from hypothesis import settings
-from psycopg import sql
 
 from beiflow.ingest.broker import PrivateBroker
 from beiflow.ingest.config import Config, load_config
-from beiflow.ingest.db import migrate
 from beiflow.ingest.metrics import Metrics
+from tests.scratchdb import scratch_database
 
 if TYPE_CHECKING:
     from beiflow.ingest.runner import Ingest
@@ -55,17 +54,9 @@ def admin_dsn() -> str:
 @pytest.fixture(scope="session")
 def db_dsn(admin_dsn: str) -> Iterator[str]:
     """A fresh database with the schema migrated, dropped after the session."""
-    name = f"beiflow_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
-    try:
-        migrate(dsn)
+    with scratch_database(admin_dsn, f"beiflow_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+                          ) as dsn:
         yield dsn
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")

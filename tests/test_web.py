@@ -19,11 +19,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from beiflow.devices.simulators.nmea_encode import gga, rmc
 from beiflow.ingest.config import Config, parse_mqtt_url
-from beiflow.ingest.db import migrate
 from beiflow.ingest.geofences import import_fences, read_geojson
 from beiflow.ingest.metrics import Metrics, MetricsServer
 from beiflow.ingest.replay import publish_in_order
@@ -31,6 +29,7 @@ from beiflow.ingest.runner import Ingest
 from beiflow.ingest.web import WebApp
 from beiflow.processing.geofence_defs import parse_geojson
 from tests.conftest import count, wait_for
+from tests.scratchdb import scratch_database
 
 CHROMIUM = "/usr/bin/chromium"
 YANTAI = Path(__file__).parents[1] / "devices/simulators/data/yantai_port.geojson"
@@ -47,17 +46,8 @@ FENCE = {"type": "Feature", "id": "web-yard",
 @pytest.fixture(scope="module")
 def web_dsn(admin_dsn: str) -> Iterator[str]:
     """A database of this module's own: its fences must not fence other tests' devices."""
-    name = f"beiflow_web_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
-    try:
-        migrate(dsn)
+    with scratch_database(admin_dsn, f"beiflow_web_{uuid.uuid4().hex[:8]}") as dsn:
         yield dsn
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
 
 
 @pytest.fixture
