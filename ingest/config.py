@@ -124,6 +124,13 @@ class LimitsConfig:
     """Input limits; anything beyond them is dead-lettered with a reason."""
 
     max_payload_bytes: int = 65536
+    #: NMEA sentences (plus lines of other text) per message: too_many_sentences.
+    max_sentences_per_message: int = 256
+    #: Devices per site (a device counts toward the site it was first seen under); a new
+    #: device beyond it: too_many_devices. Devices already known are never evicted.
+    max_devices_per_site: int = 10000
+    #: Distinct sites; a new device of a new site beyond it: too_many_sites.
+    max_sites: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +268,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("batch.max_messages and batch.max_age_ms must be positive")
     if cfg.limits.max_payload_bytes < 64:
         raise ConfigError("limits.max_payload_bytes: must be at least 64")
+    for key in ("max_sentences_per_message", "max_devices_per_site", "max_sites"):
+        if getattr(cfg.limits, key) < 1:
+            raise ConfigError(f"limits.{key}: must be at least 1")
     if cfg.geofence.debounce < 1:
         raise ConfigError("geofence.debounce: must be at least 1")
     kinds = {"road", "vessel", "rail", "crane"}

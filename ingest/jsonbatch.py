@@ -10,6 +10,9 @@ This module holds the pieces both need:
 * :func:`decode_error`: a msgspec error turned into such a reason and detail; the
   non-standard tokens ``NaN``/``Infinity`` some devices emit are told apart from other
   malformed JSON (``non_finite`` rather than ``bad_json``).
+* :data:`DeviceId` and :func:`claims_other_device`: the optional top-level ``device_id``
+  of a payload, which must name the device of the topic it came on
+  (``device_mismatch``).
 * :func:`parse_times`: RFC 3339 strings or epoch milliseconds to int64 microseconds UTC,
   vectorised, accepting exactly what :data:`TIME_PATTERN` plus the ``date-time`` format
   of JSON Schema accept; :func:`check_times` adds the rejects, arrival window included.
@@ -32,26 +35,36 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import is_, not_
-from typing import cast
+from typing import Annotated, cast
 
 import msgspec
 import numpy as np
+from msgspec import UNSET, Meta, UnsetType
+
+from beiflow.ingest.topics import NAME_RE
 
 __all__ = [
+    "DEVICE_ID_PATTERN",
     "MAX_EPOCH_MS",
     "NOT_A_TIME",
     "TIME_PATTERN",
+    "DeviceId",
     "JsonRejects",
     "RejectLog",
     "ascii_matrix",
     "check_lengths",
     "check_times",
+    "claims_other_device",
     "decode_error",
     "parse_times",
     "path_key",
     "shorten",
 ]
 
+#: A payload's ``device_id`` claim: the topic's device id rule (ECMA-262, as in the schemas).
+DEVICE_ID_PATTERN = NAME_RE.pattern
+#: The claim as msgspec checks it (Python's ``$`` would also match before a final newline).
+DeviceId = Annotated[str, Meta(pattern=DEVICE_ID_PATTERN.removesuffix("$") + r"\Z")]
 #: Latest accepted epoch-milliseconds time: 9999-12-31T23:59:59.999Z.
 MAX_EPOCH_MS = 253_402_300_799_999
 #: RFC 3339 ``date-time`` with a mandatory offset (ECMA-262 syntax, as in the schemas).
@@ -83,6 +96,7 @@ _MISSING = re.compile(r"Object missing required field `(?P<field>[^`]*)`")
 _UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]*)`")
 _TYPE = re.compile(r"Expected `(?P<want>[^`]*)`, got `(?P<got>[^`]*)`")
 _RANGE = re.compile(r"Expected `(?:int|float)` (?P<rule>.*)")
+_PATTERN = re.compile(r"Expected `str` matching regex '(?P<re>.*)'")
 _PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\.\.\.\]")
 _IDENT = re.compile(r"[A-Za-z0-9_]+")
 
@@ -152,6 +166,18 @@ def check_lengths(device: np.ndarray, received_at: np.ndarray, n: int) -> tuple[
     return dev, rec
 
 
+def claims_other_device(log: RejectLog, msg: int, claimed: str | UnsetType, device: int,
+                        device_ids: Sequence[str] | None) -> bool:
+    """Reject message ``msg`` (``device_mismatch``) if it claims a ``device_id`` other
+    than ``device_ids[device]``, its topic's device; whether it did. Without
+    ``device_ids`` (a decoder run on its own) the claim is only checked for its form."""
+    if claimed is UNSET or device_ids is None or claimed == device_ids[device]:
+        return False
+    log.add(msg, "device_mismatch",
+            f"device_id: {shorten(claimed)} is not the topic's device {device_ids[device]!r}")
+    return True
+
+
 # --- errors -----------------------------------------------------------------------------
 
 def decode_error(payload: bytes, exc: Exception) -> tuple[str, str]:
@@ -190,6 +216,9 @@ def decode_error(payload: bytes, exc: Exception) -> tuple[str, str]:
         return "schema", f"{_show(path)}: expected {want}, got {got}"
     if mm := _RANGE.fullmatch(msg):
         return "schema", f"{_show(path)}: must be {mm['rule']}"
+    if mm := _PATTERN.fullmatch(msg):
+        rule = mm["re"].replace("\\\\", "\\").removesuffix(r"\Z") + "$"
+        return "schema", f"{_show(path)}: must match {rule}"
     return "schema", f"{_show(path)}: {msg}"
 
 

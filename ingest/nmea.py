@@ -98,12 +98,17 @@ class NmeaConfig:
     max_sentence_len: int = 164
     #: Reject sentences without ``*hh`` ("missing_checksum"); if False accept and count them.
     require_checksum: bool = True
+    #: A payload with more sentences (and lines of other text) is rejected whole:
+    #: "too_many_sentences". None: no limit (recorded logs).
+    max_sentences: int | None = None
 
     def __post_init__(self) -> None:
         if self.future_tolerance_s < 0 or self.past_tolerance_s < 0:
             raise ValueError("clock tolerances must be >= 0")
         if self.max_sentence_len < 11:
             raise ValueError("max_sentence_len must be >= 11")
+        if self.max_sentences is not None and self.max_sentences < 1:
+            raise ValueError("max_sentences must be >= 1")
 
 
 DEFAULT_CONFIG = NmeaConfig()
@@ -143,7 +148,7 @@ class NmeaRejects:
 
     ``reason`` holds codes into :attr:`NAMES` (``REJECT_REASONS``); ``start``/``stop`` are
     byte offsets into ``payloads[msg]`` of the exact rejected bytes (CR/LF excluded; the
-    whole payload for a message with no sentence start at all).
+    whole payload for a message with no sentence start at all or too many sentences).
     """
 
     NAMES: ClassVar[tuple[str, ...]] = REJECT_REASONS
@@ -212,7 +217,7 @@ def _decode(payloads: Sequence[bytes], device: np.ndarray, received_at: np.ndarr
     if device.size:
         state.reserve(int(device.max()) + 1)
     fr = frame(payloads, max_len=config.max_sentence_len,
-               require_checksum=config.require_checksum)
+               require_checksum=config.require_checksum, max_sentences=config.max_sentences)
     decoded, good = decode_sentences(fr)
     tod = np.full(fr.pos.size, -1, dtype=np.int64)
     for dec in decoded.values():

@@ -22,8 +22,10 @@ REJECT_REASONS: tuple[str, ...] = (
     "non_ascii",
     "bad_field",
     "not_nmea",
+    "too_many_sentences",
 )
-BAD_CHECKSUM, MISSING_CHECKSUM, TRUNCATED, TOO_LONG, NON_ASCII, BAD_FIELD, NOT_NMEA = range(7)
+(BAD_CHECKSUM, MISSING_CHECKSUM, TRUNCATED, TOO_LONG, NON_ASCII, BAD_FIELD, NOT_NMEA,
+ TOO_MANY_SENTENCES) = range(8)
 
 #: Keys of ``NmeaBatch.skipped``: counted, but neither rows nor dead letters.
 SKIP_REASONS: tuple[str, ...] = (
@@ -132,10 +134,12 @@ def _xor_between(a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def frame(payloads: list[bytes] | tuple[bytes, ...], *, max_len: int,
-          require_checksum: bool) -> Framed:
+          require_checksum: bool, max_sentences: int | None = None) -> Framed:
     """Find, check and classify every sentence of the batch.
 
     A sentence starts at ``$`` (or ``!``) and ends at the line end or the next start.
+    A payload with more than ``max_sentences`` pieces (sentence starts plus lines that do
+    not begin with one) is rejected whole (too_many_sentences) before anything else.
     Checks, first failing wins: non_ascii, too_long, then the checksum (``*`` plus two
     hex digits, either case). Without a ``*``, a sentence cut off by the payload's end or
     by the next start is truncated; a complete line lacks its checksum.
@@ -155,7 +159,17 @@ def frame(payloads: list[bytes] | tuple[bytes, ...], *, max_len: int,
     commas = np.concatenate([special[ch == _U8[44]], np.full(COMMA_SENTINELS, a.size + 8)])
     # Bytes that may not occur inside a sentence: controls other than CR/LF, DEL, non-ASCII.
     bad_pos = special[((ch < _U8[32]) & (ch != _U8[10]) & (ch != _U8[13])) | (ch >= _U8[127])]
-    _lines(a, payloads, msg_start, msg_end, nl, starts, rejects, skipped)
+    lines = _Lines.find(a, nl, msg_start)
+    n_starts = np.searchsorted(starts, msg_end) - np.searchsorted(starts, msg_start)
+    over = np.zeros(msg_start.size, dtype=bool)
+    if max_sentences is not None:
+        pieces = n_starts + np.bincount(lines.msg[lines.odd], minlength=msg_start.size)
+        over = pieces > max_sentences
+        if over.any():
+            k = np.flatnonzero(over)
+            rejects.add(k, TOO_MANY_SENTENCES, msg_start[k], msg_end[k])
+            starts = starts[~over[np.searchsorted(msg_start, starts, side="right") - 1]]
+    _text(a, payloads, msg_start, msg_end, lines, starts, n_starts, over, rejects, skipped)
 
     # A sentence runs from its start to the next start or line end, whichever is first.
     line_end = nl[np.searchsorted(nl, starts)]
@@ -221,6 +235,13 @@ def frame(payloads: list[bytes] | tuple[bytes, ...], *, max_len: int,
     )
 
 
+def count_pieces(payload: bytes) -> tuple[int, int]:
+    """Sentence starts and lines of other text in one payload, as ``frame`` counts them
+    against ``max_sentences`` (for the detail of a too_many_sentences reject)."""
+    other = sum(1 for line in payload.split(b"\n") if line and line[0] not in b"$!")
+    return payload.count(b"$") + payload.count(b"!"), other
+
+
 def _lookup(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Index of each value in the small table ``keys``, -1 when absent."""
     order = np.argsort(keys)
@@ -229,23 +250,39 @@ def _lookup(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.where(sk[i] == values, order[i], -1)
 
 
-def _lines(a: np.ndarray, payloads: list[bytes] | tuple[bytes, ...], msg_start: np.ndarray,
-           msg_end: np.ndarray, nl: np.ndarray, starts: np.ndarray, rejects: RejectLog,
-           skipped: dict[str, int]) -> None:
-    """Count blank lines and reject text that is not part of any sentence."""
-    n_starts = np.searchsorted(starts, msg_end) - np.searchsorted(starts, msg_start)
-    for k in np.flatnonzero(n_starts == 0):  # no sentence start at all
+@dataclass(slots=True)
+class _Lines:
+    """The lines of the batch buffer: start, end (its LF), message, and whether it is
+    text that does not begin with a sentence start."""
+
+    start: np.ndarray
+    end: np.ndarray
+    msg: np.ndarray
+    odd: np.ndarray  # bool
+
+    @classmethod
+    def find(cls, a: np.ndarray, nl: np.ndarray, msg_start: np.ndarray) -> _Lines:
+        ls, le = nl[:-1] + 1, nl[1:]
+        first = a[ls]
+        return cls(ls, le, np.searchsorted(msg_start, ls, side="right") - 1,
+                   (ls < le) & (first != 36) & (first != 33))
+
+
+def _text(a: np.ndarray, payloads: list[bytes] | tuple[bytes, ...], msg_start: np.ndarray,
+          msg_end: np.ndarray, lines: _Lines, starts: np.ndarray, n_starts: np.ndarray,
+          over: np.ndarray, rejects: RejectLog, skipped: dict[str, int]) -> None:
+    """Count blank lines and reject text that is not part of any sentence (messages
+    rejected whole, ``over``, are left out)."""
+    for k in np.flatnonzero((n_starts == 0) & ~over):  # no sentence start at all
         if payloads[k].strip(_WHITESPACE):
             rejects.add(np.array([k]), NOT_NMEA, msg_start[k:k + 1], msg_end[k:k + 1])
         else:
             skipped["empty"] += 1
-    ls, le = nl[:-1] + 1, nl[1:]
-    first = a[ls]
-    line_msg = np.searchsorted(msg_start, ls, side="right") - 1
-    has_starts = n_starts[line_msg] > 0
+    ls, le, line_msg = lines.start, lines.end, lines.msg
+    has_starts = (n_starts[line_msg] > 0) & ~over[line_msg]
     blank = (ls == le) & (le != msg_end[line_msg]) & has_starts
     skipped["empty"] += int(np.count_nonzero(blank))
-    odd = np.flatnonzero((ls < le) & (first != 36) & (first != 33) & has_starts)
+    odd = np.flatnonzero(lines.odd & has_starts)
     if not odd.size:
         return
     first_start = starts[np.minimum(np.searchsorted(starts, ls[odd]), starts.size - 1)]

@@ -14,6 +14,7 @@ from beiflow.ingest.geofences import Membership, Site
 from beiflow.ingest.jsonbatch import JsonRejects
 from beiflow.ingest.metrics import Metrics
 from beiflow.ingest.nmea import NmeaConfig, NmeaState, decode_batch
+from beiflow.ingest.nmea_scan import count_pieces
 from beiflow.ingest.rfid import RfidConfig, decode_rfid
 from beiflow.ingest.sensor import MetricTable, SensorConfig, decode_sensor
 from beiflow.ingest.sink import DeadLetter, WriteBatch
@@ -51,16 +52,19 @@ class Pipeline:
     """Decode, check and shape one batch; keeps per-device decoder state between batches."""
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
-        self.devices = DeviceIndex()
+        lim = config.limits
+        self.devices = DeviceIndex(max_per_site=lim.max_devices_per_site,
+                                   max_sites=lim.max_sites)
         self.topics = TopicParser(config.mqtt.topic_root, self.devices)
         self._metrics = metrics
-        self._max_payload = config.limits.max_payload_bytes
+        self._max_payload = lim.max_payload_bytes
         n = config.nmea
         self._nmea_config = NmeaConfig(
             future_tolerance_s=n.future_tolerance_s,
             past_tolerance_s=n.past_tolerance_s,
             max_sentence_len=n.max_sentence_len,
             require_checksum=n.require_checksum,
+            max_sentences=lim.max_sentences_per_message,
         )
         self._nmea_state = NmeaState()
         self.metrics = MetricTable()
@@ -93,7 +97,8 @@ class Pipeline:
         dead: list[DeadLetter] = []
         for k in np.flatnonzero(~topic_ok):
             info = infos[k]
-            dead.append(self._dead(raw, int(k), info.error or "bad_topic", info.stream, None))
+            dead.append(self._dead(raw, int(k), info.error or "bad_topic", info.stream, None,
+                                   info.detail))
         for k in np.flatnonzero(topic_ok & ~fits):
             dead.append(self._dead(raw, int(k), "oversize", streams[k], int(device[k]),
                                    f"{size[k]} bytes > {self._max_payload}"))
@@ -127,7 +132,8 @@ class Pipeline:
         readings = None
         if sensor_idx.size:
             out = decode_sensor(self._select(raw, sensor_idx), device[sensor_idx],
-                                received[sensor_idx], self.metrics, self._sensor_config)
+                                received[sensor_idx], self.metrics, self._sensor_config,
+                                device_ids=self.devices.ids)
             self._json_rejects(raw, sensor_idx, device, out.rejects, "sensor", dead)
             readings = out.readings
             if readings["time"].size:
@@ -136,7 +142,8 @@ class Pipeline:
         reads = None
         if rfid_idx.size:
             out_r = decode_rfid(self._select(raw, rfid_idx), device[rfid_idx],
-                                received[rfid_idx], self._rfid_config)
+                                received[rfid_idx], self._rfid_config,
+                                device_ids=self.devices.ids)
             self._json_rejects(raw, rfid_idx, device, out_r.rejects, "rfid", dead)
             reads = out_r.reads
             if reads["time"].size:
@@ -331,7 +338,14 @@ class Pipeline:
             k = int(idx[int(rj.msg[j])])
             reason = rj.reason_name(j)
             chunk = raw.payloads[k][int(rj.start[j]):int(rj.stop[j])]
-            dead.append(self._dead(raw, k, reason, "nmea", int(device[k]), payload=chunk))
+            detail = None
+            if reason == "too_many_sentences":
+                sentences, text = count_pieces(chunk)
+                detail = (f"{sentences} sentences" + (f" + {text} lines of other text"
+                                                      if text else "")
+                          + f" > {self._nmea_config.max_sentences}")
+            dead.append(self._dead(raw, k, reason, "nmea", int(device[k]), detail,
+                                   payload=chunk))
         pos = merge_duplicate_keys(out.positions)
         flags = pos["flags"]
         for flag in (FixFlag.CLOCK_FUTURE, FixFlag.CLOCK_PAST, FixFlag.DATE_FROM_RECEIVE,

@@ -8,11 +8,13 @@ array arithmetic, not per read.
 
 A message with any problem contributes no rows; it comes back as one reject, the first
 failing check in this order: JSON syntax (``bad_json``; ``non_finite`` for the
-``NaN``/``Infinity`` tokens or numbers beyond a double), types, keys and ranges
-(``schema``), batch shape (``schema``: empty; ``too_many_readings``), integral antenna
-and read count (``schema``), EPCs (``bad_epc``), ``reader_time`` then read times
-(``bad_time``), read times against arrival (``future_time``, ``stale_time``); within a
-check, the first read names the message.
+``NaN``/``Infinity`` tokens or numbers beyond a double), types, unknown keys and
+ranges (``schema``), a top-level ``device_id`` other than the topic's device
+(``device_mismatch``), required and misplaced keys (``schema``), batch shape (``schema``:
+empty; ``too_many_readings``), integral antenna and read count (``schema``), EPCs
+(``bad_epc``), ``reader_time`` then read times (``bad_time``), read times against
+arrival (``future_time``, ``stale_time``); within a check, the first read names the
+message.
 
 EPC rules: 24 to 124 hex digits (96 to 496 bits) in whole 16-bit words, either case;
 rows carry it upper-cased. SGTIN fields are filled for 96-bit EPCs with header ``0x30``
@@ -36,11 +38,13 @@ from msgspec import UNSET, Meta, UnsetType
 
 from beiflow.ingest.jsonbatch import (
     NOT_A_TIME,
+    DeviceId,
     JsonRejects,
     RejectLog,
     ascii_matrix,
     check_lengths,
     check_times,
+    claims_other_device,
     decode_error,
     parse_times,
     shorten,
@@ -59,8 +63,8 @@ __all__ = [
 
 #: Reject reasons (dead-letter reasons and metric labels).
 REJECT_REASONS: tuple[str, ...] = (
-    "bad_json", "non_finite", "schema", "too_many_readings", "bad_epc", "bad_time",
-    "future_time", "stale_time",
+    "bad_json", "non_finite", "schema", "device_mismatch", "too_many_readings", "bad_epc",
+    "bad_time", "future_time", "stale_time",
 )
 #: EPC as the schema states it (ECMA-262): 6 to 31 words of 4 hex digits.
 EPC_PATTERN = r"^(?:[0-9A-Fa-f]{4}){6,31}$"
@@ -137,6 +141,7 @@ class _Message(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     read_count: _Count | UnsetType = UNSET
     reads: list[_Read] | UnsetType = UNSET
     reader_time: _Time | UnsetType = UNSET
+    device_id: DeviceId | UnsetType = UNSET
 
 
 _DECODER = msgspec.json.Decoder(_Message)
@@ -168,11 +173,14 @@ def _batch_problem(m: _Message, reads: list[_Read], max_reads: int) -> tuple[str
 
 
 def decode_rfid(payloads: Sequence[bytes], device: np.ndarray, received_at: np.ndarray,
-                config: RfidConfig = RfidConfig()) -> RfidBatch:
+                config: RfidConfig = RfidConfig(), *,
+                device_ids: Sequence[str] | None = None) -> RfidBatch:
     """Decode reader payloads into read rows and rejects.
 
     ``device[i]`` is the dense index of the reader that sent ``payloads[i]`` and
     ``received_at[i]`` its arrival time (int64 microseconds since the Unix epoch).
+    ``device_ids`` (id per dense index) enables the ``device_mismatch`` check of a
+    payload's ``device_id``.
     """
     n = len(payloads)
     dev, rec = check_lengths(device, received_at, n)
@@ -187,6 +195,8 @@ def decode_rfid(payloads: Sequence[bytes], device: np.ndarray, received_at: np.n
             m = _DECODER.decode(payload)
         except (ValueError, RecursionError) as exc:  # msgspec.DecodeError, bad UTF-8
             log.add(i, *decode_error(payload, exc))
+            continue
+        if claims_other_device(log, i, m.device_id, dev[i], device_ids):
             continue
         reads = m.reads
         if reads is UNSET:

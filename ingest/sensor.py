@@ -15,10 +15,12 @@ at once instead of having one metric silently treated differently.
 
 A message with any problem contributes no rows; it comes back as one reject, the first
 failing check in this order: JSON syntax (``bad_json``, ``non_finite`` for the
-``NaN``/``Infinity`` tokens or numbers beyond a double), types, keys and ranges
-(``schema``), batch size (``too_many_readings``), empty ``values`` (``schema``), metrics
-per sample (``too_many_readings``), names (``bad_metric_name``), state values
-(``schema``), times (``bad_time``, ``future_time``, ``stale_time``).
+``NaN``/``Infinity`` tokens or numbers beyond a double), types, unknown keys and
+ranges (``schema``), a top-level ``device_id`` other than the topic's device
+(``device_mismatch``), required and misplaced keys (``schema``), batch size
+(``too_many_readings``), empty ``values`` (``schema``), metrics per sample
+(``too_many_readings``), names (``bad_metric_name``), state values (``schema``), times
+(``bad_time``, ``future_time``, ``stale_time``).
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ import numpy as np
 from msgspec import UNSET, UnsetType
 
 from beiflow.ingest.jsonbatch import (
+    DeviceId,
     JsonRejects,
     RejectLog,
     check_lengths,
     check_times,
+    claims_other_device,
     decode_error,
     path_key,
 )
@@ -58,8 +62,8 @@ __all__ = [
 
 #: Reject reasons (dead-letter reasons and metric labels).
 REJECT_REASONS: tuple[str, ...] = (
-    "bad_json", "non_finite", "schema", "too_many_readings", "bad_metric_name", "bad_time",
-    "future_time", "stale_time",
+    "bad_json", "non_finite", "schema", "device_mismatch", "too_many_readings",
+    "bad_metric_name", "bad_time", "future_time", "stale_time",
 )
 #: Metric name characters and length (ECMA-262 syntax, as in the schema).
 METRIC_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
@@ -211,6 +215,7 @@ class _Message(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     time: _Time | UnsetType = UNSET
     values: dict[str, float] | UnsetType = UNSET
     samples: list[_Sample] | UnsetType = UNSET
+    device_id: DeviceId | UnsetType = UNSET
 
 
 _DECODER = msgspec.json.Decoder(_Message)
@@ -233,12 +238,14 @@ def _problem(m: _Message, max_samples: int) -> tuple[str, str] | None:
 
 
 def decode_sensor(payloads: Sequence[bytes], device: np.ndarray, received_at: np.ndarray,
-                  metrics: MetricTable, config: SensorConfig = SensorConfig()) -> SensorBatch:
+                  metrics: MetricTable, config: SensorConfig = SensorConfig(), *,
+                  device_ids: Sequence[str] | None = None) -> SensorBatch:
     """Decode sensor payloads into reading rows and rejects.
 
     ``device[i]`` is the dense index of the node that sent ``payloads[i]`` and
     ``received_at[i]`` its arrival time (int64 microseconds since the Unix epoch). New
-    valid metric names are added to ``metrics``.
+    valid metric names are added to ``metrics``. ``device_ids`` (id per dense index)
+    enables the ``device_mismatch`` check of a payload's ``device_id``.
     """
     n = len(payloads)
     dev, rec = check_lengths(device, received_at, n)
@@ -251,6 +258,8 @@ def decode_sensor(payloads: Sequence[bytes], device: np.ndarray, received_at: np
             m = _DECODER.decode(payload)
         except (ValueError, RecursionError) as exc:  # msgspec.DecodeError, bad UTF-8
             log.add(i, *decode_error(payload, exc))
+            continue
+        if claims_other_device(log, i, m.device_id, dev[i], device_ids):
             continue
         problem = _problem(m, config.max_samples)
         if problem is not None:

@@ -438,7 +438,7 @@ def test_rejects_are_ordered_and_point_at_exact_bytes() -> None:
 def test_reject_reason_names_are_stable() -> None:
     assert REJECT_REASONS == NmeaRejects.NAMES == (
         "bad_checksum", "missing_checksum", "truncated", "too_long", "non_ascii", "bad_field",
-        "not_nmea")
+        "not_nmea", "too_many_sentences")
 
 
 def test_decimals_are_converted_exactly() -> None:

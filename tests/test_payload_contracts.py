@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, ValidationError, validators
 from rfc3339_validator import validate_rfc3339
 
-from beiflow.ingest.jsonbatch import MAX_EPOCH_MS, TIME_PATTERN, parse_times
+from beiflow.ingest.jsonbatch import DEVICE_ID_PATTERN, MAX_EPOCH_MS, TIME_PATTERN, parse_times
 from beiflow.ingest.rfid import EPC_PATTERN, RfidConfig, decode_rfid
 from beiflow.ingest.sensor import (
     METRIC_NAME_PATTERN,
@@ -41,6 +41,7 @@ from beiflow.ingest.sensor import (
     decode_sensor,
     is_metric_name,
 )
+from beiflow.ingest.topics import NAME_RE
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "data" / "payloads"
@@ -166,6 +167,10 @@ def test_schemas_state_the_decoders_constants() -> None:
         assert string["format"] == "date-time"
         assert (integer["minimum"], integer["maximum"]) == (0, MAX_EPOCH_MS)
     assert rfid["read"]["properties"]["epc"]["pattern"] == EPC_PATTERN
+    for defs in (rfid, sensor):
+        assert defs["device_id"]["pattern"] == DEVICE_ID_PATTERN == NAME_RE.pattern
+        for form in ("single", "batch"):
+            assert defs[form]["properties"]["device_id"] == {"$ref": "#/$defs/device_id"}
     assert rfid["batch"]["properties"]["reads"]["maxItems"] == RfidConfig().max_reads
     values = sensor["values"]
     assert [p["pattern"] for p in values["propertyNames"]["allOf"]] == [
@@ -230,6 +235,20 @@ def test_epoch_milliseconds_are_integers_in_range(values: list[int | float]) -> 
         assert good is (integral and 0 <= v <= MAX_EPOCH_MS)
         if good:
             assert u == int(v) * 1000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.sampled_from(list("aZ09_.-/ \né")), max_size=66),
+       st.sampled_from(["rfid", "sensor"]), st.booleans())
+def test_device_id_check_matches_the_schema_pattern(device_id: str, stream: str,
+                                                    batch: bool) -> None:
+    item: dict[str, Any] = (_read(1) if stream == "rfid" else _sample(1))
+    doc = ({"device_id": device_id, ("reads" if stream == "rfid" else "samples"): [item]}
+           if batch else {"device_id": device_id, **item})
+    payload = json.dumps(doc).encode()
+    verdict = schema_accepts(stream, payload)
+    assert verdict is (decoder_reason(stream, payload) == "valid")
+    assert verdict is (NAME_RE.fullmatch(device_id) is not None)
 
 
 _EPC_CHARS = st.sampled_from(list("0123456789abcdefABCDEFgG x\n"))

@@ -49,6 +49,8 @@ def _cases(stream: str, now: datetime, config: Config) -> dict[str, bytes]:
     cases = _corpus(stream)
     good = _sensor if stream == "sensor" else _rfid
     args = {"temp_c": 4.0} if stream == "sensor" else {}
+    cases["device_mismatch"] = json.dumps({"device_id": "another-device",
+                                           **json.loads(good(now, **args))}).encode()
     cases["future_time"] = good(now + timedelta(hours=2), **args)
     cases["stale_time"] = good(now - timedelta(days=40), **args)
     if stream == "sensor":
@@ -71,10 +73,12 @@ def test_every_rejection_reason_is_dead_lettered_counted_and_the_next_message_la
     url = parse_mqtt_url(config.mqtt.url)
     now = datetime.now(UTC).replace(microsecond=0)
     cases = _cases(stream, now, config)
-    expected = {"sensor": {"bad_json", "non_finite", "schema", "too_many_readings",
-                           "bad_metric_name", "bad_time", "future_time", "stale_time"},
-                "rfid": {"bad_json", "non_finite", "schema", "too_many_readings", "bad_epc",
-                         "bad_time", "future_time", "stale_time"}}[stream]
+    expected = {"sensor": {"bad_json", "non_finite", "schema", "device_mismatch",
+                           "too_many_readings", "bad_metric_name", "bad_time", "future_time",
+                           "stale_time"},
+                "rfid": {"bad_json", "non_finite", "schema", "device_mismatch",
+                         "too_many_readings", "bad_epc", "bad_time", "future_time",
+                         "stale_time"}}[stream]
     assert expected | {"oversize", "empty_payload"} == set(cases)
     table = "sensor_readings" if stream == "sensor" else "rfid_reads"
     for i, (reason, payload) in enumerate(sorted(cases.items())):
