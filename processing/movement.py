@@ -37,6 +37,7 @@ rows sorted by group).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,13 +179,14 @@ def iso_times(us: np.ndarray) -> np.ndarray:
 
 
 def details(**columns: np.ndarray) -> np.ndarray:
-    """JSON object text per row from equal-length columns (NaN becomes null)."""
+    """JSON object text per row from equal-length columns (NaN and infinities become
+    null: JSON has no such numbers and the database's jsonb refuses them)."""
     names = list(columns)
     lists = []
     for arr in columns.values():
         values = arr.tolist()
-        if arr.dtype.kind == "f":
-            values = [None if v != v else v for v in values]
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            values = [v if math.isfinite(v) else None for v in values]
         lists.append(values)
     out = np.empty(len(lists[0]) if lists else 0, dtype=object)
     out[:] = [json.dumps(dict(zip(names, row, strict=True))) for row in zip(*lists, strict=True)]

@@ -175,6 +175,9 @@ class _Table:
 
 #: At most this many passes to settle which readings are outliers for the mean.
 _ROBUST_PASSES = 4
+#: Readings beyond this magnitude (no physical quantity in any unit we take) never feed
+#: the statistical baselines: squared steps would overflow and poison them for good.
+_LEARN_MAX = 1e150
 
 
 def _table(config: SensorConfig) -> _Table:
@@ -234,16 +237,17 @@ def check_sensors(readings: dict[str, np.ndarray], names: Sequence[str], state: 
     pv = prev_in_group(v, first, state.last_v[slot])
     pt = prev_in_group(t, first, state.last_t[slot])
     dt = np.where(pt == NO_TIME, 0, t - pt) / US
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         rate = np.abs(v - pv) / dt
-    ratio = rate / tab.max_rate[rule]
+        ratio = rate / tab.max_rate[rule]
     fast_row = (dt > 0) & (ratio > 1.0)
     fast = np.flatnonzero(fast_row)
     if fast.size:
         parts.append(emit("rate_of_change", fast, ratio, rate_per_s=rate[fast]))
 
     # stuck value
-    same = tab.stuck_on[rule] & (np.abs(v - pv) <= tab.stuck_eps[rule])
+    with np.errstate(over="ignore"):
+        same = tab.stuck_on[rule] & (np.abs(v - pv) <= tab.stuck_eps[rule])
     marker = first | ~same
     m = ffill_index(marker)
     base_n = np.where(same, state.run_n[slot] + 1, 1)
@@ -273,7 +277,8 @@ def check_sensors(readings: dict[str, np.ndarray], names: Sequence[str], state: 
     state.hold_sent[ls] = held[last]
 
     # statistical score (EWMA mean and variance), then the separate threshold step
-    score = _zscore(v, pv, ~out & ~fast_row, first, slot, rule, tab, state, last)
+    learn = ~out & ~fast_row & (np.abs(v) <= _LEARN_MAX)
+    score = _zscore(v, pv, learn, first, slot, rule, tab, state, last)
     on = latch(score >= tab.z_on[rule], score < tab.z_off[rule], first, state.z_on[slot])
     start = np.flatnonzero(run_starts(on, first, state.z_on[slot]))
     if start.size:
@@ -297,7 +302,8 @@ def _zscore(v: np.ndarray, pv: np.ndarray, learn: np.ndarray, first: np.ndarray,
     seen = state.n[slot] + count_before(learn, first)
     step = learn & (seen > 0) & prev_in_group(learn, first, state.last_ok[slot])
     a = np.where(step, 1.0 - alpha, 1.0)
-    b = np.where(step, alpha * 0.5 * (v - pv) ** 2, 0.0)
+    with np.errstate(over="ignore"):  # only in rows that are no step
+        b = np.where(step, alpha * 0.5 * (v - pv) ** 2, 0.0)
     big_a, big_b = affine_scan(a, b, rank)
     noise_after = big_a * state.noise[slot] + big_b
     noise_before = prev_in_group(noise_after, first, state.noise[slot])
@@ -312,7 +318,8 @@ def _zscore(v: np.ndarray, pv: np.ndarray, learn: np.ndarray, first: np.ndarray,
         weight = np.where(outlier, alpha * tab.outlier_weight[rule], alpha)
         _, mean_before, mean_after = ewma_scan(v, learn, first, weight, state.n[slot],
                                                state.mean[slot])
-        z = np.where(warm, 0.0, np.abs(v - mean_before) / std)
+        with np.errstate(over="ignore"):  # a reading near the double's limit: z is inf
+            z = np.where(warm, 0.0, np.abs(v - mean_before) / std)
         again = learn & (z >= tab.outlier_z[rule])
         if (again == outlier).all():
             break
