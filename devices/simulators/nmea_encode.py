@@ -1,17 +1,29 @@
-"""NMEA 0183 sentence encoding, as Beidou/GNSS terminals emit it (4.10/4.11 field layout)."""
+"""NMEA 0183 sentence encoding, as Beidou/GNSS terminals emit it (2.3 to 4.11 field layouts).
+
+Two layers: ``*_body`` functions build a sentence body (between ``$`` and ``*``) from
+fields already formatted the way a receiver prints them (time of day, position), so a
+simulator formats shared fields once per epoch; :func:`frame` adds the checksums of many
+bodies at once. The datetime-based ``gga``/``rmc``/``gsa``/``gsv``/``zda`` wrappers make
+single sentences (7-decimal minutes, NMEA 4.10 RMC).
+"""
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import reduce
 
+import numpy as np
+
 KNOTS_PER_MPS = 3600 / 1852
+_HEX = tuple(f"{i:02X}" for i in range(256))
 
 
 def checksum(body: str) -> str:
     """XOR of the bytes between ``$`` and ``*``, two upper-case hex digits."""
-    return f"{reduce(lambda a, b: a ^ b, body.encode('ascii'), 0):02X}"
+    return _HEX[reduce(operator.xor, body.encode("ascii"), 0)]
 
 
 def sentence(body: str) -> str:
@@ -19,81 +31,147 @@ def sentence(body: str) -> str:
     return f"${body}*{checksum(body)}"
 
 
-_MINUTE_UNITS = 10**7  # seven decimals of a minute: about 0.2 mm
+def frame(bodies: Sequence[str]) -> list[str]:
+    """``$body*CS`` of every body, the checksums computed in one vectorised pass."""
+    if not bodies:
+        return []
+    a = np.frombuffer("".join(bodies).encode("ascii"), dtype=np.uint8)
+    lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))
+    if (lengths == 0).any():
+        raise ValueError("empty sentence body")
+    starts = np.zeros(lengths.size, dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    sums = np.bitwise_xor.reduceat(a, starts).tolist()
+    return [f"${b}*{_HEX[c]}" for b, c in zip(bodies, sums, strict=True)]
 
 
-def _ddmm(value: float, deg_width: int) -> str:
-    total = round(abs(value) * 60 * _MINUTE_UNITS)  # integer arithmetic: no "60.0000000"
-    deg, rest = divmod(total, 60 * _MINUTE_UNITS)
-    minutes, frac = divmod(rest, _MINUTE_UNITS)
-    return f"{deg:0{deg_width}d}{minutes:02d}.{frac:07d}"
+def hms(t: float, decimals: int = 2) -> str:
+    """Time of day ``hhmmss.ss`` of Unix time ``t`` (UTC), fraction truncated as receivers do."""
+    us = round(t * 1_000_000) % 86_400_000_000
+    s, frac = divmod(us, 1_000_000)
+    h, rest = divmod(s, 3600)
+    head = f"{h:02d}{rest // 60:02d}{rest % 60:02d}"
+    if decimals <= 0:
+        return head
+    return f"{head}.{frac // 10 ** (6 - decimals):0{decimals}d}"
 
 
-def _lat(lat: float) -> tuple[str, str]:
-    return _ddmm(lat, 2), "N" if lat >= 0 else "S"
+def position_fields(lat: np.ndarray, lon: np.ndarray, decimals: int = 7) -> list[str]:
+    """``ddmm.mmmm,N,dddmm.mmmm,E`` per fix (``decimals`` digits of a minute), vectorised."""
+    la = np.asarray(lat, dtype=np.float64)
+    lo = np.asarray(lon, dtype=np.float64)
+    unit = 10**decimals
+    out = []
+    for deg_width, values, hemis in ((2, la, "NS"), (3, lo, "EW")):
+        # integer arithmetic: no "60.0000" minutes from rounding
+        total = np.rint(np.abs(values) * 60 * unit).astype(np.int64)
+        deg, rest = np.divmod(total, 60 * unit)
+        minutes, frac = np.divmod(rest, unit)
+        hemi = np.where(values >= 0, hemis[0], hemis[1]).tolist()
+        out.append([f"{d:0{deg_width}d}{m:02d}.{f:0{decimals}d},{h}" for d, m, f, h
+                    in zip(deg.tolist(), minutes.tolist(), frac.tolist(), hemi, strict=True)])
+    return [f"{a},{b}" for a, b in zip(*out, strict=True)]
 
 
-def _lon(lon: float) -> tuple[str, str]:
-    return _ddmm(lon, 3), "E" if lon >= 0 else "W"
+def gga_body(talker: str, time: str, position: str | None, quality: int, sats: int,
+             hdop: str, alt_m: float, geoid_sep_m: float = 9.5) -> str:
+    """Fix data; empty position fields, quality 0 and HDOP 99.99 without a fix."""
+    if position is None or quality == 0:
+        return f"{talker}GGA,{time},,,,,0,{sats:02d},99.99,,,,,,"
+    return (f"{talker}GGA,{time},{position},{quality},{sats:02d},{hdop},{alt_m:.1f},M,"
+            f"{geoid_sep_m:.1f},M,,")
+
+
+def rmc_body(talker: str, time: str, position: str | None, speed: str, course: str,
+             ddmmyy: str, mode: str = "A", nav_status: bool = True) -> str:
+    """Recommended minimum data with the 2.3 mode indicator; ``nav_status`` adds the 4.10
+    navigational status field (``V``: no navigational status)."""
+    tail = ",V" if nav_status else ""
+    if position is None:
+        return f"{talker}RMC,{time},V,,,,,,,{ddmmyy},,,N{tail}"
+    return f"{talker}RMC,{time},A,{position},{speed},{course},{ddmmyy},,,{mode}{tail}"
+
+
+def vtg_body(talker: str, course: str, speed_mps: float | None, mode: str = "A",
+             decimals: int = 3) -> str:
+    """Course and speed over ground (knots and km/h); empty fields without a fix."""
+    if speed_mps is None:
+        return f"{talker}VTG,,T,,M,,N,,K,N"
+    return (f"{talker}VTG,{course},T,,M,{speed_mps * KNOTS_PER_MPS:.{decimals}f},N,"
+            f"{speed_mps * 3.6:.{decimals}f},K,{mode}")
+
+
+def gsa_body(talker: str, prns: Sequence[str], dops: str, fix_type: int = 3,
+             system_id: int | None = None) -> str:
+    """DOP and active satellites (12 slots of PRN texts); ``dops`` is ``"p,h,v"``; NMEA 4.11
+    appends the GNSS system id."""
+    slots = [*prns[:12], *[""] * (12 - min(len(prns), 12))]
+    tail = f",{system_id}" if system_id is not None else ""
+    return f"{talker}GSA,A,{fix_type},{','.join(slots)},{dops}{tail}"
+
+
+def gsv_bodies(talker: str, blocks: Sequence[str], signal_id: str | None = None) -> list[str]:
+    """Satellites in view, four blocks (``,prn,el,az,cn0``) per sentence; NMEA 4.10+ appends
+    the signal id. No satellites: one sentence with none."""
+    groups = [blocks[i:i + 4] for i in range(0, len(blocks), 4)] or [[]]
+    tail = f",{signal_id}" if signal_id is not None else ""
+    return [f"{talker}GSV,{len(groups)},{n},{len(blocks):02d}{''.join(group)}{tail}"
+            for n, group in enumerate(groups, 1)]
 
 
 def _hms(t: datetime) -> str:
     return f"{t:%H%M%S}.{t.microsecond // 10_000:02d}"
 
 
+def _position(lat: float | None, lon: float | None) -> str | None:
+    if lat is None or lon is None:
+        return None
+    return position_fields(np.array([lat]), np.array([lon]))[0]
+
+
 @dataclass(frozen=True, slots=True)
 class Satellite:
-    """One tracked satellite as GSV reports it."""
+    """One satellite as GSV reports it (``None``: empty field, e.g. C/N0 when not tracked,
+    elevation and azimuth before the receiver has an almanac)."""
 
     prn: int
-    elevation_deg: int
-    azimuth_deg: int
+    elevation_deg: int | None
+    azimuth_deg: int | None
     cn0_dbhz: int | None
+
+    def block(self) -> str:
+        """The satellite's four GSV fields with their leading commas."""
+        el = "" if self.elevation_deg is None else f"{self.elevation_deg:02d}"
+        az = "" if self.azimuth_deg is None else f"{self.azimuth_deg:03d}"
+        cn = "" if self.cn0_dbhz is None else f"{self.cn0_dbhz:02d}"
+        return f",{self.prn:02d},{el},{az},{cn}"
 
 
 def gga(talker: str, t: datetime, lat: float | None, lon: float | None, quality: int,
         sats: int, hdop: float, alt_m: float, geoid_sep_m: float = 9.5) -> str:
     """Fix data; empty position fields when there is no fix."""
-    if lat is None or lon is None or quality == 0:
-        return sentence(f"{talker}GGA,{_hms(t)},,,,,0,{sats:02d},99.99,,,,,,")
-    la, ns = _lat(lat)
-    lo, ew = _lon(lon)
-    return sentence(f"{talker}GGA,{_hms(t)},{la},{ns},{lo},{ew},{quality},{sats:02d},"
-                    f"{hdop:.2f},{alt_m:.1f},M,{geoid_sep_m:.1f},M,,")
+    return sentence(gga_body(talker, _hms(t), _position(lat, lon), quality, sats,
+                             f"{hdop:.2f}", alt_m, geoid_sep_m))
 
 
 def rmc(talker: str, t: datetime, lat: float | None, lon: float | None, speed_mps: float,
-        course_deg: float) -> str:
+        course_deg: float | None) -> str:
     """Recommended minimum data, NMEA 4.10 (mode indicator and navigational status)."""
-    if lat is None or lon is None:
-        return sentence(f"{talker}RMC,{_hms(t)},V,,,,,,,{t:%d%m%y},,,N,V")
-    la, ns = _lat(lat)
-    lo, ew = _lon(lon)
-    return sentence(f"{talker}RMC,{_hms(t)},A,{la},{ns},{lo},{ew},"
-                    f"{speed_mps * KNOTS_PER_MPS:.3f},{course_deg:.2f},{t:%d%m%y},,,A,V")
+    course = "" if course_deg is None else f"{course_deg:.2f}"
+    return sentence(rmc_body(talker, _hms(t), _position(lat, lon),
+                             f"{speed_mps * KNOTS_PER_MPS:.3f}", course, f"{t:%d%m%y}"))
 
 
 def gsa(talker: str, prns: list[int], pdop: float, hdop: float, vdop: float,
         system_id: int | None = None) -> str:
     """DOP and active satellites (12 slots); NMEA 4.11 appends the GNSS system id."""
-    slots = [f"{p:02d}" for p in prns[:12]] + [""] * (12 - min(len(prns), 12))
-    tail = f",{system_id}" if system_id is not None else ""
-    return sentence(f"{talker}GSA,A,3,{','.join(slots)},{pdop:.2f},{hdop:.2f},{vdop:.2f}{tail}")
+    return sentence(gsa_body(talker, [f"{p:02d}" for p in prns],
+                             f"{pdop:.2f},{hdop:.2f},{vdop:.2f}", 3, system_id))
 
 
 def gsv(talker: str, sats: list[Satellite], signal_id: str | None = None) -> list[str]:
     """Satellites in view, four per sentence; NMEA 4.10 appends the signal id."""
-    groups = [sats[i:i + 4] for i in range(0, len(sats), 4)] or [[]]
-    out = []
-    for n, group in enumerate(groups, 1):
-        fields = "".join(
-            f",{s.prn:02d},{s.elevation_deg:02d},{s.azimuth_deg:03d},"
-            + ("" if s.cn0_dbhz is None else f"{s.cn0_dbhz:02d}")
-            for s in group
-        )
-        tail = f",{signal_id}" if signal_id is not None else ""
-        out.append(sentence(f"{talker}GSV,{len(groups)},{n},{len(sats):02d}{fields}{tail}"))
-    return out
+    return [sentence(b) for b in gsv_bodies(talker, [s.block() for s in sats], signal_id)]
 
 
 def zda(talker: str, t: datetime) -> str:
