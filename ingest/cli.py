@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -20,7 +19,6 @@ from beiflow.ingest.config import (
     as_dict,
     load_config,
     mqtt_endpoint,
-    parse_mqtt_url,
 )
 from beiflow.ingest.logs import redact, setup_logging
 
@@ -47,6 +45,17 @@ def _connection_flags(p: argparse.ArgumentParser, *, mqtt: bool = True, db: bool
                                               " picks a free one (env BEIFLOW_METRICS_ADDR)")
 
 
+def _scenario_flags(p: argparse.ArgumentParser, *, devices: int) -> None:
+    p.add_argument("--devices", type=int, default=devices,
+                   help=f"terminals and sensor nodes, readers come on top (default {devices})")
+    p.add_argument("--rate", type=float, default=1.0,
+                   help="NMEA epochs per second per terminal, up to 10 (default 1)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--labels", type=Path, help="write the ground-truth labels here (JSON lines)")
+    p.add_argument("--no-anomalies", action="store_true",
+                   help="no injected anomalies or malformed payloads")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -67,12 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "names one), migrate the database, run ingest and simulated Beidou "
                        "terminals around Yantai port, and print a summary line periodically.")
     _connection_flags(p, metrics=True)
-    p.add_argument("--devices", type=int, default=20, help="simulated terminals (default 20)")
-    p.add_argument("--rate", type=float, default=1.0, help="epochs per second per terminal")
+    _scenario_flags(p, devices=40)
     p.add_argument("--duration", type=float, default=0,
                    help="seconds to run; 0 runs until Ctrl-C (default)")
     p.add_argument("--summary-every", type=float, default=5.0, help="seconds between summaries")
-    p.add_argument("--seed", type=int, default=7)
 
     p = sub.add_parser("ingest", help="run the collectors until SIGTERM/Ctrl-C",
                        description="Subscribe to {root}/+/+/+ (persistent session, QoS 1, "
@@ -85,15 +92,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-age-ms", type=int, help="flush after this many milliseconds")
 
     p = sub.add_parser("simulate", help="run device simulators against a broker",
-                       description="Simulated Beidou terminals driving around Yantai port.")
+                       description="The Yantai port: Beidou terminals on trucks, yard "
+                       "tractors, vessels and cranes, RFID gate and door readers, grid nodes "
+                       "and reefer containers, each device its own MQTT client (client id = "
+                       "device id, last will on its status topic) unless --connections "
+                       "multiplexes them. Deterministic for a seed. Injected anomalies and "
+                       "the geofence transitions the simulator knows of go to --labels "
+                       "(JSON lines) for `beiflow score`. TLS and login come from "
+                       "BEIFLOW_MQTT_URL / the config file, as for ingest.")
     p.add_argument("scenario", choices=["yantai-port"])
-    _connection_flags(p, db=False)
-    p.add_argument("--devices", type=int, default=20)
-    p.add_argument("--rate", type=float, default=1.0, help="epochs per second per device")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds")
-    p.add_argument("--seed", type=int, default=7)
+    _connection_flags(p)
+    _scenario_flags(p, devices=40)
+    p.add_argument("--duration", type=float, default=60.0,
+                   help="seconds; 0 runs until Ctrl-C (default 60)")
     p.add_argument("--site", default="yantai")
     p.add_argument("--qos", type=int, choices=[0, 1], default=1)
+    p.add_argument("--connections", type=int, default=0, metavar="K",
+                   help="multiplex all devices over K connections (load tests; no per-device "
+                   "will); 0, the default, gives each device its own connection")
+    p.add_argument("--fences", type=Path,
+                   help="GeoJSON fences the labels are computed against (default: the "
+                   "shipped Yantai fences; import the same file into beiflow)")
+    p.add_argument("--register-readers", action="store_true",
+                   help="record where the RFID readers stand in the database (--db-dsn / "
+                   "BEIFLOW_DB_DSN), as an operator would, for impossible-travel checks")
 
     p = sub.add_parser("replay", help="publish a recorded NMEA log as one device",
                        description="One MQTT message per epoch, in order, QoS 1.")
@@ -140,6 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prune", action="store_true",
                    help="delete stored fences that are not in FILE")
     _connection_flags(g, mqtt=False)
+
+    p = sub.add_parser("score", help="precision and recall of stored events against labels",
+                       description="Compare what landed in geofence_events, anomalies and "
+                       "dead_letters with a simulator's labels file (JSON lines): a detection "
+                       "matches a label of the same device, kind (and fence) within --window "
+                       "seconds, one to one. Prints precision and recall per kind; exit status "
+                       "1 when a kind misses --min-precision/--min-recall, 2 on a bad labels "
+                       "file.")
+    p.add_argument("--labels", type=Path, required=True, help="labels file (JSON lines)")
+    p.add_argument("--window", type=float, default=30.0,
+                   help="seconds between a label and its detection (default 30)")
+    p.add_argument("--kinds", help="comma-separated kinds to score (default: labelled kinds)")
+    p.add_argument("--all-kinds", action="store_true",
+                   help="also score kinds that were detected but never labelled")
+    p.add_argument("--min-precision", type=float, metavar="P", help="fail below P (0..1)")
+    p.add_argument("--min-recall", type=float, metavar="R", help="fail below R (0..1)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _connection_flags(p, mqtt=False)
 
     p = sub.add_parser("config", help="print the effective configuration as JSON")
     _connection_flags(p, metrics=True)
@@ -192,6 +232,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _replay(cfg, args)
     if cmd == "simulate":
         return _simulate(cfg, args)
+    if cmd == "score":
+        return _score(cfg, args)
     if cmd == "demo":
         from beiflow.ingest.demo import run_demo
 
@@ -264,6 +306,33 @@ def _geofence_import(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(cfg: Config, args: argparse.Namespace) -> int:
+    import psycopg
+
+    from beiflow.ingest.score import LabelFileError, format_json, format_report, load_labels, score
+
+    if args.window < 0:
+        print("beiflow score: --window must be >= 0", file=sys.stderr)
+        return 2
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else None
+    try:
+        labels = load_labels(args.labels)
+        with psycopg.connect(cfg.db.dsn) as conn:
+            report = score(conn, labels, window_s=args.window, kinds=kinds,
+                           all_kinds=args.all_kinds)
+    except LabelFileError as exc:
+        print(f"beiflow score: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.Error as exc:
+        print(f"beiflow score: {str(exc).strip()}", file=sys.stderr)
+        return 1
+    print(format_json(report) if args.json else format_report(report))
+    misses = report.misses(min_precision=args.min_precision, min_recall=args.min_recall)
+    for miss in misses:
+        print(f"beiflow score: below the minimum: {miss}", file=sys.stderr)
+    return 1 if misses else 0
+
+
 def _ingest(cfg: Config) -> int:
     from beiflow.ingest.runner import start_ingest, stop_on_signals
 
@@ -282,7 +351,7 @@ def _replay(cfg: Config, args: argparse.Namespace) -> int:
     from beiflow.ingest.topics import NAME_RE
 
     for name, value in (("--device", args.device), ("--site", args.site)):
-        if not NAME_RE.match(value):
+        if not NAME_RE.fullmatch(value):
             print(f"beiflow replay: {name} must be 1-64 of [A-Za-z0-9_.-]", file=sys.stderr)
             return 2
     try:
@@ -303,14 +372,37 @@ def _replay(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _simulate(cfg: Config, args: argparse.Namespace) -> int:
-    from beiflow.devices.simulators.beidou import make_terminals, run_terminals
+    import math
 
-    url = parse_mqtt_url(cfg.mqtt.url)
-    terminals = make_terminals(args.devices, seed=args.seed)
-    stats = asyncio.run(run_terminals(
-        terminals, host=url.host, port=url.port, root=cfg.mqtt.topic_root, site=args.site,
-        rate_hz=args.rate, duration_s=args.duration, qos=args.qos, username=url.username,
-        password=url.password))
-    print(f"published {stats.messages} messages from {len(terminals)} terminals")
+    import psycopg
+
+    from beiflow.devices.simulators.mqttwire import WireError
+    from beiflow.devices.simulators.scenario import (
+        ScenarioOptions,
+        endpoint_of,
+        open_labels,
+        simulate,
+    )
+
+    try:
+        opts = ScenarioOptions(devices=args.devices, rate_hz=args.rate, seed=args.seed,
+                               site=args.site, root=cfg.mqtt.topic_root,
+                               anomalies=not args.no_anomalies, fences=args.fences,
+                               wills=not args.connections)
+        endpoint = endpoint_of(mqtt_endpoint(cfg.mqtt), qos=args.qos)
+    except (ValueError, OSError) as exc:
+        print(f"beiflow simulate: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with open_labels(args.labels) as labels:
+            stats = simulate(opts, endpoint, labels, duration_s=args.duration or math.inf,
+                             connections=args.connections,
+                             register_dsn=cfg.db.dsn if args.register_readers else None)
+    except (OSError, WireError, psycopg.Error) as exc:
+        print(f"beiflow simulate: {exc}", file=sys.stderr)
+        return 1
+    print(f"published {stats.messages} messages from {stats.devices} devices, "
+          f"{stats.labels} labels" + (f" to {args.labels}" if args.labels else "")
+          + (f"; {stats.late_ticks} ticks late: too many devices for this process"
+             if stats.late_ticks else ""))
     return 0
-

@@ -156,3 +156,17 @@ def load_sites(conn: psycopg.Connection) -> list[Site]:
     rows = conn.execute("SELECT device_id, site, lat, lon, zone, zone_kind FROM devices"
                         " WHERE lat IS NOT NULL OR zone IS NOT NULL ORDER BY device_id")
     return [Site(*row) for row in rows.fetchall()]
+
+
+def register_sites(conn: psycopg.Connection, sites: Sequence[Site]) -> int:
+    """Record where fixed devices stand (``devices`` lat, lon, zone, zone_kind), as an
+    operator does; a device not seen yet is added with first/last seen now."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO devices (device_id, site, first_seen, last_seen, lat, lon, zone,"
+            " zone_kind) VALUES (%s, %s, now(), now(), %s, %s, %s, %s)"
+            " ON CONFLICT (device_id) DO UPDATE SET lat = excluded.lat, lon = excluded.lon,"
+            " zone = excluded.zone, zone_kind = excluded.zone_kind",
+            [(s.device_id, s.site, s.lat, s.lon, s.zone, s.zone_kind) for s in sites])
+    conn.commit()
+    return len(sites)

@@ -11,19 +11,18 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from beiflow.devices.simulators.beidou import make_terminals
 from beiflow.ingest.config import Config, parse_mqtt_url
 from beiflow.ingest.replay import publish_in_order
 from beiflow.ingest.runner import Ingest
 from tests.conftest import count, wait_for
+from tests.nmea_log import terminal_epochs
 from tests.tcpproxy import TcpProxy
 
 START = datetime(2025, 6, 1, 8, 0, 0, tzinfo=UTC)
 
 
 def _epochs(n: int, first: int) -> list[bytes]:
-    term = make_terminals(1, seed=5)[0]
-    return [term.epoch(START + timedelta(seconds=first + i), 1.0) for i in range(n)]
+    return terminal_epochs(n, start=START + timedelta(seconds=first), seed=5)
 
 
 def _acked(ing: Ingest) -> float:

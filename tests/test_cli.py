@@ -20,7 +20,7 @@ from beiflow.ingest.replay import publish_in_order
 from tests.conftest import count, wait_for
 from tests.nmea_log import make_log
 
-COMMANDS = [["demo"], ["ingest"], ["simulate"], ["replay"], ["decode"], ["db"],
+COMMANDS = [["demo"], ["ingest"], ["simulate"], ["replay"], ["decode"], ["db"], ["score"],
             ["db", "migrate"], ["geofence"], ["geofence", "import"], ["config"]]
 
 
@@ -84,12 +84,13 @@ def test_ingest_process_lands_messages_and_stops_on_sigterm(
     threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
     try:
         wait_for(lambda: any("subscribed to" in line for line in lines), what="subscription")
-        # one message holding 20 epochs: the decoder splits them
-        log = make_log(20, start=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC), seed=21)
+        # one message holding 12 epochs (~180 sentences, under the per-message limit):
+        # the decoder splits them
+        log = make_log(12, start=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC), seed=21)
         publish_in_order(parse_mqtt_url(broker.url), f"{topic_root}/s1/proc-dev/nmea",
                          [log], rate_hz=0)
         wait_for(lambda: count(db_dsn, "SELECT count(*) FROM positions"
-                               " WHERE device_id = 'proc-dev'") == 20, what="rows from process")
+                               " WHERE device_id = 'proc-dev'") == 12, what="rows from process")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:

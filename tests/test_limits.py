@@ -79,15 +79,16 @@ def test_limit_keys_are_validated() -> None:
 
 def test_nmea_message_with_too_many_sentences_is_rejected_whole() -> None:
     epoch = make_log(1, start=NOW - timedelta(minutes=1), seed=3)
-    sentences = epoch.count(b"$")
-    ok, over = epoch * (8 // sentences), epoch * (8 // sentences + 1)
-    junk = b"junk\r\n" * 9                         # lines of text count too
-    dec = decode_batch([ok, over, junk, b"$GPGGA\n" * 9], np.zeros(4, np.int64),
-                       np.full(4, _now_us()), NmeaState(), NmeaConfig(max_sentences=8))
+    limit = 2 * epoch.count(b"$")
+    ok, over = epoch * 2, epoch * 3
+    junk = b"junk\r\n" * (limit + 1)              # lines of text count too
+    bare = b"$GPGGA\n" * (limit + 1)
+    dec = decode_batch([ok, over, junk, bare], np.zeros(4, np.int64),
+                       np.full(4, _now_us()), NmeaState(), NmeaConfig(max_sentences=limit))
     assert dec.rejects.reason_names() == ["too_many_sentences"] * 3
     assert dec.rejects.msg.tolist() == [1, 2, 3]
     assert dec.rejects.start.tolist() == [0, 0, 0]
-    assert dec.rejects.stop.tolist() == [len(over), len(junk), 63]
+    assert dec.rejects.stop.tolist() == [len(over), len(junk), len(bare)]
     assert set(dec.positions["msg"].tolist()) == {0}
     # without a limit (recorded logs) the same payloads decode sentence by sentence
     free = decode_batch([over], np.zeros(1, np.int64), np.full(1, _now_us()), NmeaState())
@@ -192,11 +193,12 @@ def _counter(ing: Ingest, stream: str, reason: str) -> float:
 
 def test_too_many_sentences_end_to_end(config: Config, run_ingest: Callable[..., Ingest],
                                        db_dsn: str, tmp_path: Path) -> None:
-    config = replace(config, limits=replace(config.limits, max_sentences_per_message=10))
+    good = make_log(1, start=NOW - timedelta(minutes=1), seed=6)
+    limit = good.count(b"$") + 2
+    config = replace(config, limits=replace(config.limits, max_sentences_per_message=limit))
     ing = run_ingest(config)
     epochs = make_log(6, start=NOW - timedelta(minutes=2), seed=5)
-    good = make_log(1, start=NOW - timedelta(minutes=1), seed=6)
-    assert epochs.count(b"$") > 10 >= good.count(b"$")
+    assert epochs.count(b"$") > limit
     _publish(config, "port/ts-1/nmea", epochs, good)
     wait_for(lambda: count(db_dsn, "SELECT count(*) FROM positions WHERE device_id = 'ts-1'")
              == 1, what="the good message after the long one")

@@ -197,6 +197,33 @@ def test_a_broker_certificate_we_do_not_trust_is_refused(
         publish_in_order(rogue, "t/x/y/nmea", _epochs(1), rate_hz=0)
 
 
+def test_simulator_over_tls_verifies_the_broker(
+        config: Config, tls_broker: PrivateBroker, pki: Path, tmp_path: Path,
+        run_ingest: Callable[..., Ingest], db_dsn: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`beiflow simulate` takes TLS from the same settings as ingest: it lands messages
+    through a TLS-only broker it can verify and refuses one it cannot."""
+    from beiflow.ingest.cli import main
+
+    cfg = _cfg(config, tls_broker.url, ca_file=str(pki / "ca.crt"))
+    run_ingest(cfg)
+    root = cfg.mqtt.topic_root
+    good = tmp_path / "sim.toml"
+    good.write_text(f'[mqtt]\nca_file = "{pki / "ca.crt"}"\n')
+    argv = ["simulate", "yantai-port", "--mqtt-url", tls_broker.url, "--topic-root", root,
+            "--devices", "10", "--duration", "3", "--no-anomalies"]
+    started = datetime.now(UTC)
+    assert main(["--config", str(good), *argv]) == 0
+    assert "published" in capsys.readouterr().out
+    wait_for(lambda: count(db_dsn, "SELECT count(*) FROM positions WHERE device_id LIKE "
+                                   "'truck-%%' AND received_at >= %s", started) > 0,
+             what="simulated terminals' positions over TLS")
+    rogue = tmp_path / "rogue.toml"
+    rogue.write_text(f'[mqtt]\nca_file = "{pki / "rogue-ca.crt"}"\n')
+    assert main(["--config", str(rogue), *argv]) == 1
+    assert "certificate verify failed" in capsys.readouterr().err
+
+
 def test_client_certificates(config: Config, mtls_broker: PrivateBroker, pki: Path,
                              run_ingest: Callable[..., Ingest],
                              start_unready: Callable[[Config], Ingest], db_dsn: str) -> None:
