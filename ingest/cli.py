@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=0, metavar="K",
                    help="multiplex all devices over K connections (load tests; no per-device "
                    "will); 0, the default, gives each device its own connection")
+    p.add_argument("--lean-receivers", action="store_true",
+                   help="terminals print RMC and GGA only (load tests; no GSV, so no "
+                   "jamming or spoofing injections)")
     p.add_argument("--fences", type=Path,
                    help="GeoJSON fences the labels are computed against (default: the "
                    "shipped Yantai fences; import the same file into beiflow)")
@@ -388,7 +391,8 @@ def _simulate(cfg: Config, args: argparse.Namespace) -> int:
         opts = ScenarioOptions(devices=args.devices, rate_hz=args.rate, seed=args.seed,
                                site=args.site, root=cfg.mqtt.topic_root,
                                anomalies=not args.no_anomalies, fences=args.fences,
-                               wills=not args.connections)
+                               wills=not args.connections,
+                               lean_receivers=args.lean_receivers)
         endpoint = endpoint_of(mqtt_endpoint(cfg.mqtt), qos=args.qos)
     except (ValueError, OSError) as exc:
         print(f"beiflow simulate: {exc}", file=sys.stderr)

@@ -114,6 +114,9 @@ class ScenarioOptions:
     #: device); otherwise only their silence tells.
     wills: bool = True
     cold_start_s: float = 35.0
+    #: Receivers print GGA and RMC only (fleet terminals), not the scenario's mix with
+    #: GSA/GSV/VTG/ZDA (jamming and spoofing injections need GSV: none then).
+    lean_receivers: bool = False
     #: Fences the labels are computed against (default: the shipped Yantai fences; import
     #: the same file into beiflow). The roads are Yantai's whatever the fences.
     fences: Path | None = None
@@ -152,12 +155,15 @@ def _mix(n: int) -> dict[str, int]:
     return counts
 
 
-def _specs(n: int, rate_hz: float, rng: np.random.Generator) -> list[ReceiverSpec]:
-    """Receiver models: every talker; most print GSA/GSV (needed for integrity checks)."""
+def _specs(n: int, rate_hz: float, rng: np.random.Generator,
+           lean: bool) -> list[ReceiverSpec]:
+    """Receiver models: every talker; most print GSA/GSV (needed for integrity checks),
+    none with ``lean``."""
     talkers = ("GN", "GB", "BD", "GP")
     extras = (frozenset({"GSA", "GSV"}), frozenset({"GSA", "GSV", "VTG", "ZDA"}),
               frozenset({"GSV"}), frozenset())
-    pick = rng.choice(len(extras), size=n, p=[0.5, 0.2, 0.15, 0.15])
+    pick = rng.choice(len(extras), size=n, p=[0, 0, 0, 1.0] if lean else
+                      [0.5, 0.2, 0.15, 0.15])
     return [ReceiverSpec(talker=talkers[i % 4], extras=extras[int(k)], rate_hz=rate_hz)
             for i, k in enumerate(pick)]
 
@@ -179,7 +185,7 @@ class Scenario:
             overspeed=max(1, vehicles // 10) if inject else 0,
             restricted=1 if inject else 0)
         ids = self.fleet.device_ids
-        self.specs = _specs(len(ids), opts.rate_hz, rng)
+        self.specs = _specs(len(ids), opts.rate_hz, rng, opts.lean_receivers)
         self.bank = ReceiverBank(ids, self.specs, seed=opts.seed + 1,
                                  cold_start_s=opts.cold_start_s,
                                  kinds=self.fleet.pipeline_kinds,
@@ -482,11 +488,13 @@ def make_links(scenario: Scenario, endpoint: Endpoint, connections: int) -> Devi
     return DeviceLinks(endpoint, status)
 
 
-def bench_payloads(n_devices: int, seed: int) -> Callable[[float], list[tuple[str, bytes]]]:
+def bench_payloads(n_devices: int, seed: int, *, lean: bool = False
+                   ) -> Callable[[float], list[tuple[str, bytes]]]:
     """One tick's (topic, payload) pairs of a scenario of ``n_devices`` at wall time ``t``
-    (anomalies off): what ``bench/simulator.py`` publishes."""
-    sc = Scenario(ScenarioOptions(devices=n_devices, seed=seed, anomalies=False),
-                  start=time.time())
+    from now on (anomalies off; ``lean``: RMC+GGA receivers): what
+    ``bench/simulator.py`` publishes."""
+    sc = Scenario(ScenarioOptions(devices=n_devices, seed=seed, anomalies=False,
+                                  lean_receivers=lean), start=time.time())
 
     def at(t: float) -> list[tuple[str, bytes]]:
         return [(m.topic, m.payload) for m in sc.tick(t).messages]
