@@ -22,8 +22,9 @@ Anomaly kinds (stream ``sensor``), scores, and how often they are reported:
   inflating it, so ramps and level shifts score high until the mean catches up, as spikes
   do. Learning is robust: readings out of range or changing too fast (known bad) teach
   neither estimate, so a glitch does not blind the detector for hours; readings scoring
-  ``outlier_z`` teach the mean ``outlier_weight`` times as fast (a vectorised fixed point
-  of at most a few passes), so the end of an anomaly is not a second one. The score is
+  ``outlier_z`` teach the mean ``outlier_weight`` times as fast (a vectorised fixed point,
+  iterated until it equals the sequential result, so batching changes nothing), so the
+  end of an anomaly is not a second one. The score is
   returned for every reading and is neutral 0 during the first
   ``warmup`` samples; deciding is separate: an episode starts at ``z_threshold`` and ends
   below ``z_clear``, reported once at its start.
@@ -174,7 +175,6 @@ class _Table:
 
 
 #: At most this many passes to settle which readings are outliers for the mean.
-_ROBUST_PASSES = 4
 #: Readings beyond this magnitude (no physical quantity in any unit we take) never feed
 #: the statistical baselines: squared steps would overflow and poison them for good.
 _LEARN_MAX = 1e150
@@ -295,7 +295,7 @@ def _zscore(v: np.ndarray, pv: np.ndarray, learn: np.ndarray, first: np.ndarray,
     """|x - mean| / noise std before each reading; 0 during warm-up. Updates the state.
 
     Only ``learn`` readings (and steps between two of them) update the baselines; which
-    of them are outliers for the mean is a fixed point settled by a few passes.
+    of them are outliers for the mean is a fixed point, iterated to the sequential result.
     """
     alpha = tab.alpha[rule]
     rank = rank_in_group(first)
@@ -314,7 +314,10 @@ def _zscore(v: np.ndarray, pv: np.ndarray, learn: np.ndarray, first: np.ndarray,
     std = np.maximum(np.nan_to_num(std), tab.min_std[rule])
     warm = (seen < tab.warmup[rule]) | (steps == 0)
     outlier = np.zeros(v.size, dtype=bool)
-    for _ in range(_ROBUST_PASSES):
+    # each pass settles at least the next reading of every pair, so the fixed point (the
+    # sequential result, whatever the batching) comes after at most rank.max() + 1 passes;
+    # a few in practice, a dozen after a level shift
+    for _ in range(int(rank.max(initial=0)) + 2):
         weight = np.where(outlier, alpha * tab.outlier_weight[rule], alpha)
         _, mean_before, mean_after = ewma_scan(v, learn, first, weight, state.n[slot],
                                                state.mean[slot])

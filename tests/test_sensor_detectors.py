@@ -130,6 +130,24 @@ def test_batches_equal_one_run() -> None:
     assert {"statistical", "stuck"} <= set(whole.anomalies.kind)
 
 
+def test_batches_equal_one_run_after_a_level_shift() -> None:
+    """A lasting shift makes a long run of outliers for the robust mean: however the
+    readings are batched, scores and anomalies are those of one sequential run."""
+    rng = np.random.default_rng(5)
+    for _ in range(6):
+        values = rng.normal(230, 0.5, 2000)
+        values[300:] += rng.uniform(2, 8)
+        whole = check_sensors(readings(values), ["voltage_v"], SensorState())
+        st = SensorState()
+        cuts = [0, 100, 290, 305, 700, 1500, 2000]
+        parts = [check_sensors(readings(values[a:b], t0_s=60 * a), ["voltage_v"], st)
+                 for a, b in itertools.pairwise(cuts)]
+        np.testing.assert_allclose(np.concatenate([p.score for p in parts]), whole.score,
+                                   rtol=1e-9, atol=1e-9)
+        merged = AnomalyBatch.concat([p.anomalies for p in parts])
+        assert sorted(found(merged)) == sorted(found(whole.anomalies))
+
+
 def test_interleaved_pairs_match_separate_runs() -> None:
     rng = np.random.default_rng(6)
     names = ["temp_c", "humidity_pct"]
