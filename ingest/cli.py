@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=0, metavar="K",
                    help="multiplex all devices over K connections (load tests; no per-device "
                    "will); 0, the default, gives each device its own connection")
+    p.add_argument("--run-tag", default="", metavar="TAG",
+                   help="prefix every device id with TAG- (the pipeline keeps fence "
+                   "memberships and movement baselines per device id: a rerun under the same "
+                   "ids continues from where the last run left its devices)")
     p.add_argument("--lean-receivers", action="store_true",
                    help="terminals print RMC and GGA only (load tests; no GSV, so no "
                    "jamming or spoofing injections)")
@@ -392,7 +396,7 @@ def _simulate(cfg: Config, args: argparse.Namespace) -> int:
                                site=args.site, root=cfg.mqtt.topic_root,
                                anomalies=not args.no_anomalies, fences=args.fences,
                                wills=not args.connections,
-                               lean_receivers=args.lean_receivers)
+                               lean_receivers=args.lean_receivers, run_tag=args.run_tag)
         endpoint = endpoint_of(mqtt_endpoint(cfg.mqtt), qos=args.qos)
     except (ValueError, OSError) as exc:
         print(f"beiflow simulate: {exc}", file=sys.stderr)

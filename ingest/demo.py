@@ -75,6 +75,12 @@ def _ensure_fences(dsn: str) -> None:
     log.info("loaded %d Yantai port geofences", result.fences)
 
 
+def _base36(n: int, width: int = 4) -> str:
+    """The last ``width`` base-36 digits of ``n``."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    return "".join(digits[n // 36**k % 36] for k in reversed(range(width)))
+
+
 def score_line(dsn: str, labels: Sequence[Label], now: float) -> str:
     """Live precision/recall per family (geofence events, anomalies, dead letters) of the
     labels due by ``now``."""
@@ -106,9 +112,12 @@ def run_demo(cfg: Config, args: argparse.Namespace, *, explicit_broker: bool) ->
                                                            **cfg.devices.kinds}))
     migrate(cfg.db.dsn)
     _ensure_fences(cfg.db.dsn)
+    start = time.time()
+    # a tag per run: the pipeline keeps fence memberships and baselines per device id, and
+    # this run's devices are not where the last run left theirs
     scenario = Scenario(ScenarioOptions(
         devices=args.devices, rate_hz=args.rate, seed=args.seed, root=cfg.mqtt.topic_root,
-        anomalies=not args.no_anomalies), start=time.time())
+        anomalies=not args.no_anomalies, run_tag=_base36(int(start))), start=start)
     with psycopg.connect(cfg.db.dsn) as conn:
         register_sites(conn, scenario.sites())  # readers, before ingest loads the sites
     metrics = Metrics()

@@ -168,6 +168,25 @@ def test_silent_device_reported_offline_by_its_will_or_silence() -> None:
     assert silenced == [offline[0].device]
 
 
+def test_a_run_tag_renames_every_device_consistently() -> None:
+    plain = Scenario(ScenarioOptions(devices=20, seed=5), START)
+    tagged = Scenario(ScenarioOptions(devices=20, seed=5, run_tag="r7"), START)
+    assert tagged.device_ids == [f"r7-{d}" for d in plain.device_ids]
+    assert [s.device_id for s in tagged.sites()] == [f"r7-{s.device_id}"
+                                                    for s in plain.sites()]
+    for k in range(400):
+        a, b = plain.tick(START + k), tagged.tick(START + k)
+        assert [(m.device, m.payload) for m in b.messages] == [
+            (f"r7-{m.device}", m.payload) for m in a.messages]
+        assert all(m.topic.split("/")[2] == m.device for m in b.messages)
+        assert [(lb.device, lb.kind) for lb in b.labels] == [
+            (f"r7-{lb.device}", lb.kind) for lb in a.labels]
+        assert b.silenced == [f"r7-{d}" for d in a.silenced]
+    assert {lb.device for lb in tagged.shutdown(START + 400)} <= set(tagged.device_ids)
+    with pytest.raises(ValueError, match="run tag"):
+        ScenarioOptions(run_tag="a/b")
+
+
 @pytest.fixture
 def scenario_db(admin_dsn: str) -> object:
     """A database of its own: the Yantai fences must not meet other tests' devices."""

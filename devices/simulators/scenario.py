@@ -51,10 +51,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,8 @@ from beiflow.ingest.geofences import Site, register_sites
 #: Injections repeat with this period (s); offsets within a cycle are below.
 CYCLE_S = 900.0
 #: Device kinds per pipeline kind, as ``[devices.kinds]`` globs for the collector.
-DEVICE_KINDS: dict[str, str] = {"truck-*": "road", "tractor-*": "road",
-                                "vessel-*": "vessel", "crane-*": "crane"}
+DEVICE_KINDS: dict[str, str] = {"*truck-*": "road", "*tractor-*": "road",
+                                "*vessel-*": "vessel", "*crane-*": "crane"}
 _TELEPORT_M = 2000.0
 _SPOOF_M = 1500.0
 _JAM_DB = 25.0
@@ -114,6 +115,9 @@ class ScenarioOptions:
     #: device); otherwise only their silence tells.
     wills: bool = True
     cold_start_s: float = 35.0
+    #: Prefix of every device id (``{run_tag}-truck-0001``): another run's devices to the
+    #: pipeline, which keeps fence memberships and baselines per device id.
+    run_tag: str = ""
     #: Receivers print GGA and RMC only (fleet terminals), not the scenario's mix with
     #: GSA/GSV/VTG/ZDA (jamming and spoofing injections need GSV: none then).
     lean_receivers: bool = False
@@ -128,6 +132,8 @@ class ScenarioOptions:
             raise ValueError("rate must be within (0, 10] Hz")
         if not 0 <= self.malformed < 1:
             raise ValueError("malformed must be within [0, 1)")
+        if self.run_tag and not re.fullmatch(r"[A-Za-z0-9_.]{1,16}", self.run_tag):
+            raise ValueError("run tag must be 1-16 of [A-Za-z0-9_.]")
 
 
 @dataclass(slots=True)
@@ -211,22 +217,28 @@ class Scenario:
         self._now = start
         self._just_silenced: list[str] = []
         self._terminal = {d: k for k, d in enumerate(self.fleet.device_ids)}
+        self._prefix = f"{opts.run_tag}-" if opts.run_tag else ""
 
     # -- devices ---------------------------------------------------------------------
 
     @property
     def device_ids(self) -> list[str]:
-        """Every device that publishes: terminals, sensor nodes, readers."""
-        return [*self.fleet.device_ids, *self.grid.device_ids, *self.reefers.device_ids,
-                *self.readers.readers]
+        """Every device that publishes, as the pipeline sees it: terminals, sensor nodes,
+        readers."""
+        return [self.public(d) for d in (*self.fleet.device_ids, *self.grid.device_ids,
+                                         *self.reefers.device_ids, *self.readers.readers)]
+
+    def public(self, device: str) -> str:
+        """The id a device publishes under: ``{run_tag}-{device}`` when the run has a tag."""
+        return self._prefix + device
 
     def topic(self, device: str, stream: str) -> str:
-        """``{root}/{site}/{device}/{stream}``."""
+        """``{root}/{site}/{device}/{stream}`` of a device's public id."""
         return f"{self.opts.root}/{self.opts.site}/{device}/{stream}"
 
     def sites(self) -> list[Site]:
         """Where the fixed readers stand (for ``devices``: lat, lon, zone, zone_kind)."""
-        return self.readers.sites()
+        return [replace(s, device_id=self.public(s.device_id)) for s in self.readers.sites()]
 
     def header(self) -> Label:
         """The ``scenario`` record that opens a labels file."""
@@ -251,11 +263,15 @@ class Scenario:
             self._emit(out, device, "sensor", payload)
         for device, payload in self.readers.poll(t):
             self._emit(out, device, "rfid", payload)
-        for device in self.readers.heartbeats(t):
+        for device in map(self.public, self.readers.heartbeats(t)):
             out.messages.append(Message(device, self.topic(device, "status"), b"online",
                                         retain=True))
         out.labels += self._labels
         self._labels = []
+        if self._prefix:
+            out.labels = [replace(lb, device=self.public(lb.device)) for lb in out.labels]
+            out.silenced = [self.public(d) for d in out.silenced]
+            out.resumed = [self.public(d) for d in out.resumed]
         out.labels.sort(key=lambda lb: (lb.time, lb.device, lb.kind))
         return out
 
@@ -265,7 +281,8 @@ class Scenario:
         if self.opts.anomalies and self._rng.random() < self.opts.malformed:
             payload, kind = _malform(payload, stream, self._rng)
             out.labels.append(Label(self._now, device, kind, {"injected": "malformed"}))
-        out.messages.append(Message(device, self.topic(device, stream), payload))
+        public = self.public(device)
+        out.messages.append(Message(public, self.topic(public, stream), payload))
 
     def _gnss(self, t: float, out: Tick) -> None:
         ids = self.fleet.device_ids
@@ -311,8 +328,11 @@ class Scenario:
 
     def shutdown(self, t: float) -> list[Label]:
         """Labels of the ``offline`` status every device not silent announces at ``t``."""
-        return [Label(t, d, "offline", {"injected": "shutdown", "reason": "status"})
-                for d in self.device_ids if d not in self._silent]
+        internal = (*self.fleet.device_ids, *self.grid.device_ids, *self.reefers.device_ids,
+                    *self.readers.readers)
+        return [Label(t, self.public(d), "offline", {"injected": "shutdown",
+                                                     "reason": "status"})
+                for d in internal if d not in self._silent]
 
     # -- injections ------------------------------------------------------------------
 
