@@ -287,3 +287,40 @@ def test_ten_hz_multipath_labels_match_the_pipeline() -> None:
     jumps = sorted((d, round(t, 2)) for d, kind, t in found if kind == "jump")
     assert jumps == sorted((lb.device, round(lb.time, 2)) for lb in labels)
     assert len(jumps) >= 5
+
+
+def gsv_sky(payload: bytes) -> dict[tuple[str, int], tuple[int, int]]:
+    """(GSV talker, PRN) -> (elevation, azimuth) of the satellites a payload lists."""
+    out = {}
+    for line in payload.decode().split("\r\n")[:-1]:
+        msg = pynmea2.parse(line, check=True)
+        if msg.sentence_type == "GSV":
+            for k in range(1, 5):
+                el, az = (getattr(msg, f"{f}_{k}", "") for f in ("elevation_deg", "azimuth"))
+                if el and az:  # listed with elevation and azimuth (almanac known)
+                    out[(msg.talker, int(getattr(msg, f"sv_prn_num_{k}")))] = (int(el), int(az))
+    return out
+
+
+def test_cached_sky_follows_the_satellites_and_a_move() -> None:
+    """The geometry is cached per device but still drifts with the orbits (no leaps), and
+    a device that moves far sees the new sky at once."""
+    bank = bank_of(["GN", "GN"])
+    lat, lon = np.array([LAT0, LAT0]), np.array([LON0, LON0])
+    skies = []
+    for k in range(130):
+        if k == 120:  # device 1 is carried 2000 km south
+            lat = np.array([LAT0, LAT0 - 18.0])
+        payloads, _ = bank.epoch(T0 + k, np.arange(2), lat, lon, np.full(2, 5.0),
+                                 np.zeros(2), np.zeros(2))
+        skies.append([gsv_sky(p) for p in payloads])
+    first, last = skies[1][0], skies[119][0]
+    common = first.keys() & last.keys()
+    assert len(common) >= 20
+    assert sum(first[s] != last[s] for s in common) >= len(common) // 2  # drift
+    for a, b in itertools.pairwise(s[0] for s in skies[1:120]):
+        for sat in a.keys() & b.keys():
+            assert abs(a[sat][0] - b[sat][0]) <= 1  # elevation moves by at most a degree
+    before, after = skies[119][1], skies[120][1]
+    moved = [abs(before[s][0] - after[s][0]) for s in before.keys() & after.keys()]
+    assert max(moved) >= 10 and after.keys() != before.keys()

@@ -5,6 +5,14 @@ fields already formatted the way a receiver prints them (time of day, position),
 simulator formats shared fields once per epoch; :func:`frame` adds the checksums of many
 bodies at once. The datetime-based ``gga``/``rmc``/``gsa``/``gsv``/``zda`` wrappers make
 single sentences (7-decimal minutes, NMEA 4.10 RMC).
+
+For many sentences at once there are byte-matrix helpers: a sentence is one row of a
+``uint8`` matrix, its fields blocks of columns (:func:`text_table` rows picked per
+sentence, :func:`uint_cols` and :func:`fixed_cols` digits computed for every row at once)
+joined by :func:`hstack`; NUL bytes are padding (a variable-width field is right- or
+left-aligned in its block) that :func:`framed_rows` ignores in the checksum and
+:func:`payloads` drops. Numbers print as ``f"{x:.Nf}"`` does, up to the last-bit rounding
+of ``x * 10**N``.
 """
 
 from __future__ import annotations
@@ -43,6 +51,131 @@ def frame(bodies: Sequence[str]) -> list[str]:
     np.cumsum(lengths[:-1], out=starts[1:])
     sums = np.bitwise_xor.reduceat(a, starts).tolist()
     return [f"${b}*{_HEX[c]}" for b, c in zip(bodies, sums, strict=True)]
+
+
+_POW10 = 10 ** np.arange(19, dtype=np.int64)
+_HEX_COLS = np.frombuffer("".join(_HEX).encode("ascii"), np.uint8).reshape(256, 2)
+_CRLF = np.frombuffer(b"\r\n", np.uint8)
+_DOT = np.array([[ord(".")]], np.uint8)
+#: Ends a payload in the matrix given to :func:`payloads`.
+PAYLOAD_END = 1
+
+
+def text_table(texts: Sequence[str], width: int | None = None) -> np.ndarray:
+    """``(len(texts), width)`` bytes, each text left-aligned and NUL-padded: index it with a
+    per-row choice (``table[codes]``) to get a field block."""
+    raw = [t.encode("ascii") for t in texts]
+    w = max(map(len, raw), default=0) if width is None else width
+    out = np.zeros((len(raw), w), np.uint8)
+    for k, b in enumerate(raw):
+        out[k, :len(b)] = np.frombuffer(b, np.uint8)
+    return out
+
+
+def _digits_arith(v: np.ndarray, width: int, min_digits: int) -> np.ndarray:
+    pw = _POW10[width - 1::-1]
+    v = v[:, None]
+    digits = (v // pw) % 10 + 48
+    keep = (v >= pw) | (pw < 10**min_digits)
+    return np.where(keep, digits, 0).astype(np.uint8)
+
+
+#: 0..9999 as four right-aligned digit bytes (little-endian uint32 words), per minimum
+#: number of digits 1..4: ``uint_cols`` by table lookup.
+_DIGITS4 = [_digits_arith(np.arange(10_000), 4, k).view(np.uint32)[:, 0] for k in range(5)]
+
+
+def uint_cols(v: np.ndarray, width: int, min_digits: int = 1) -> np.ndarray:
+    """Decimal digits of non-negative integers (``f"{v:0{min_digits}d}"``), right-aligned
+    in ``width`` columns behind NULs; ``v`` must have at most ``width`` digits."""
+    v = np.asarray(v, np.int64)
+    if v.size and (v.min() < 0 or (width < 19 and v.max() >= _POW10[width])):
+        raise ValueError(f"values do not fit {width} digits")
+    if width <= 4:
+        return _DIGITS4[min(min_digits, 4)][v].view(np.uint8).reshape(v.size, 4)[:, 4 - width:]
+    if min_digits >= width:  # fixed width: four digits at a time
+        chunks = []
+        for _ in range(0, width, 4):
+            v, low = np.divmod(v, 10_000)
+            chunks.append(_DIGITS4[4][low].view(np.uint8).reshape(v.size, 4))
+        return np.concatenate(chunks[::-1], axis=1)[:, -width:]
+    if not v.size or v.max() < 10_000:
+        out = np.zeros((v.size, width), np.uint8)
+        out[:, -4:] = _DIGITS4[min_digits][v].view(np.uint8).reshape(v.size, 4)
+        return out
+    return _digits_arith(v, width, min_digits)
+
+
+def fixed_cols(x: np.ndarray, decimals: int | np.ndarray, int_width: int, *,
+               signed: bool = False) -> np.ndarray:
+    """``f"{x:.{decimals}f}"`` per row (``decimals`` scalar or per row, >= 1): integer part
+    right-aligned in ``int_width`` columns (plus one for a sign), fraction left-aligned in
+    ``max(decimals)`` columns. NaN prints as 0."""
+    x = np.nan_to_num(np.asarray(x, np.float64))
+    dec = np.broadcast_to(np.asarray(decimals, np.int64), x.shape)
+    top = int(dec.max(initial=1))
+    v = np.rint(np.abs(x) * (10.0 ** dec)).astype(np.int64)
+    ip, fp = np.divmod(v, _POW10[dec])
+    frac = uint_cols(fp * _POW10[top - dec], top, top)
+    if top > 1 and dec.min() < top:
+        frac = np.where(np.arange(top)[None, :] < dec[:, None], frac, 0).astype(np.uint8)
+    parts = [uint_cols(ip, int_width), _DOT.repeat(x.size, 0), frac]
+    if signed:
+        parts.insert(0, np.where(np.signbit(x), ord("-"), 0).astype(np.uint8)[:, None])
+    return np.concatenate(parts, axis=1)
+
+
+def hstack(pieces: Sequence[np.ndarray], rows: int, width: int = 0) -> np.ndarray:
+    """Column blocks side by side; a block of one row (a literal) is repeated on every row.
+    NUL columns pad the matrix to ``width`` columns."""
+    widths = [p.shape[1] for p in pieces]
+    total = sum(widths)
+    out = np.empty((rows, max(total, width)), np.uint8)
+    out[:, total:] = 0
+    at = 0
+    for p, w in zip(pieces, widths, strict=True):
+        out[:, at:at + w] = p
+        at += w
+    return out
+
+
+def literal(text: str) -> np.ndarray:
+    """A constant field block (one row, broadcast by :func:`hstack`)."""
+    return text_table([text])
+
+
+_DOLLAR = literal("$")
+
+
+def framed_rows(pieces: Sequence[np.ndarray], rows: int, width: int = 0) -> np.ndarray:
+    """``$body*CS\\r\\n`` per row, the body given as field blocks (as for :func:`hstack`;
+    NULs are not part of it), NUL-padded to ``width`` columns (fastest a multiple of 8)."""
+    w = sum(p.shape[1] for p in pieces) + 1
+    out = hstack([_DOLLAR, *pieces], rows, max(w + 5, width))
+    checksum = _xor_rows(out) ^ ord("$")
+    out[:, w] = ord("*")
+    out[:, w + 1:w + 3] = _HEX_COLS[checksum]
+    out[:, w + 3:w + 5] = _CRLF
+    return out
+
+
+def _xor_rows(bodies: np.ndarray) -> np.ndarray:
+    """XOR of every row's bytes (eight at a time when the rows allow it)."""
+    if bodies.shape[1] % 8 or not bodies.flags.c_contiguous or not bodies.size:
+        return np.bitwise_xor.reduce(bodies, axis=1)
+    words = bodies.view(np.uint64)
+    x = words[:, 0].copy()
+    for k in range(1, words.shape[1]):
+        x ^= words[:, k]
+    for shift in (32, 16, 8):
+        x ^= x >> np.uint64(shift)
+    return (x & np.uint64(0xFF)).astype(np.uint8)
+
+
+def payloads(matrix: np.ndarray) -> list[bytes]:
+    """The bytes of a matrix of framed rows without NULs, cut after each
+    :data:`PAYLOAD_END` byte (which is dropped; put one after each payload's last row)."""
+    return matrix.tobytes().translate(None, b"\0").split(bytes([PAYLOAD_END]))[:-1]
 
 
 def hms(t: float, decimals: int = 2) -> str:
