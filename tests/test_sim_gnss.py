@@ -324,3 +324,24 @@ def test_cached_sky_follows_the_satellites_and_a_move() -> None:
     before, after = skies[119][1], skies[120][1]
     moved = [abs(before[s][0] - after[s][0]) for s in before.keys() & after.keys()]
     assert max(moved) >= 10 and after.keys() != before.keys()
+
+
+def test_a_crowd_through_cold_start_prints_only_what_it_has() -> None:
+    """Receivers acquiring satellites print no speed, course or position until they have
+    a fix; then the speed is the truth's."""
+    n = 2000
+    bank = ReceiverBank([f"cs-{i}" for i in range(n)], [ReceiverSpec("GN", frozenset())] * n,
+                        seed=4, cold_start_s=30.0)
+    idx = np.arange(n)
+    fixes = 0
+    for k in range(45):
+        payloads, _ = bank.epoch(T0 + k, idx, np.full(n, 37.55), np.full(n, 121.39),
+                                 np.full(n, 5.0), np.full(n, 6.0), np.full(n, 90.0))
+        for p in payloads[:50]:
+            rmc_fields = p.split(b"\r\n")[0].split(b",")
+            if rmc_fields[2] == b"V":
+                assert rmc_fields[3:9] == [b""] * 6
+            else:
+                fixes += 1
+                assert abs(float(rmc_fields[7]) - 6.0 * 3600 / 1852) < 2.0
+    assert fixes > 0

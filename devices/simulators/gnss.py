@@ -785,7 +785,11 @@ def _format(t: float, tc: np.ndarray, extras: np.ndarray, s: _Sky, fix: np.ndarr
     shown = fix.astype(np.uint8)[:, None]
     pos = _position_cols(lat, lon, _MIN_DEC[tc], fix)
     sdec = _SPEED_DEC[tc]
-    knots = fixed_cols(speed * KNOTS_PER_MPS, sdec, 5) * shown
+    # rows without a fix print no speed: their Doppler noise (scaled by a DOP that may be
+    # unbounded with under four satellites) is not formatted
+    knots = np.where(fix & np.isfinite(speed), np.minimum(speed * KNOTS_PER_MPS, 99_999.0),
+                     0.0)
+    knots = fixed_cols(knots, sdec, 5) * shown
     course_cols = fixed_cols(course, 2, 3) * (fix & ~(slow & ~_HOLD[tc])).astype(
         np.uint8)[:, None]
     gsa_sys = has_gsa[:, None] & _HAS_SYS[tc]  # GSA sentences per (row, constellation)
