@@ -147,6 +147,20 @@ class Tick:
     resumed: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """A GNSS injection on terminal ``device`` over [start, end): a position offset, a
+    C/N0 drop, a spoofer's sky."""
+
+    kind: str  # teleport, jamming or spoofing
+    device: int
+    start: float
+    end: float
+    north_m: float = 0.0
+    east_m: float = 0.0
+    jam_db: float = 0.0
+
+
 def _mix(n: int) -> dict[str, int]:
     """Split ``n`` devices over the kinds: mostly road vehicles, some of everything."""
     shares = {"truck": 0.40, "tractor": 0.20, "vessel": 0.06, "crane": 0.10,
@@ -206,9 +220,7 @@ class Scenario:
         self._rng = np.random.default_rng(opts.seed + 5)
         self._cycle = -1
         self._pending: list[tuple[float, Callable[[float], None]]] = []
-        self._offset: dict[int, tuple[float, float, float, float]] = {}  # dev -> n,e,from,to
-        self._jam: dict[int, tuple[float, float]] = {}
-        self._spoof: dict[int, tuple[float, float]] = {}
+        self._windows: list[_Window] = []  # GNSS injections, by start
         self._silent: dict[str, float] = {}  # device -> back at
         self._labels: list[Label] = []
         self._truck = np.array([k == "truck" for k in self.fleet.kinds])
@@ -296,16 +308,16 @@ class Scenario:
         jam, spoof = np.zeros(n), np.zeros(n, dtype=bool)
         teleported = np.zeros(n, dtype=bool)
         pos = {int(d): k for k, d in enumerate(idx)}
-        for d, (dn, de, t0, t1) in self._offset.items():
-            if d in pos and t0 <= t < t1:
-                off_n[pos[d]], off_e[pos[d]] = dn, de
-                teleported[pos[d]] = d not in self._spoof
-        for d, (t0, t1) in self._jam.items():
-            if d in pos and t0 <= t < t1:
-                jam[pos[d]] = _JAM_DB
-        for d, (t0, t1) in self._spoof.items():
-            if d in pos and t0 <= t < t1:
-                spoof[pos[d]] = True
+        self._windows = [w for w in self._windows if w.end > t]
+        for w in self._windows:
+            k = pos.get(w.device)
+            if k is None or t < w.start:
+                continue
+            off_n[k] += w.north_m
+            off_e[k] += w.east_m
+            jam[k] += w.jam_db
+            spoof[k] |= w.kind == "spoofing"
+            teleported[k] |= w.kind == "teleport"
         sky = sky_at(truth.lat, truth.lon)
         payloads, labels = self.bank.epoch(
             t, idx, truth.lat, truth.lon, truth.alt_m, truth.speed_mps, truth.course_deg,
@@ -367,22 +379,22 @@ class Scenario:
             d = int(rng.integers(n))
             ang = rng.uniform(0, 2 * math.pi)
             t = c0 + 90.0
-            self._offset[d] = (_TELEPORT_M * math.cos(ang), _TELEPORT_M * math.sin(ang),
-                               t, t + 0.5 / self.opts.rate_hz)
+            self._windows.append(_Window("teleport", d, t, t + 0.5 / self.opts.rate_hz,
+                                         _TELEPORT_M * math.cos(ang),
+                                         _TELEPORT_M * math.sin(ang)))
             self._labels.append(Label(t, ids[d], "jump", {"injected": "teleport",
                                                          "offset_m": _TELEPORT_M}))
         if sky_ok.size:
             d = int(rng.choice(sky_ok))
             t = c0 + 150.0
-            self._jam[d] = (t, t + _JAM_S)
+            self._windows.append(_Window("jamming", d, t, t + _JAM_S, jam_db=_JAM_DB))
             self._labels.append(Label(t, ids[d], "jamming", {"injected": "jamming",
                                                             "cn0_drop_db": _JAM_DB}))
             d = int(rng.choice(sky_ok))
             t = c0 + 240.0
             ang = rng.uniform(0, 2 * math.pi)
-            self._spoof[d] = (t, t + _SPOOF_S)
-            self._offset[d] = (_SPOOF_M * math.cos(ang), _SPOOF_M * math.sin(ang), t,
-                               t + _SPOOF_S)
+            self._windows.append(_Window("spoofing", d, t, t + _SPOOF_S,
+                                         _SPOOF_M * math.cos(ang), _SPOOF_M * math.sin(ang)))
             # the first fixes of a new place are jumps until it is confirmed (the
             # movement check's ``relocate_after``); those at the spoofed place are spoofing
             dt = 1.0 / self.opts.rate_hz
