@@ -41,6 +41,7 @@ def _ticks(sc: Scenario, seconds: int) -> tuple[list[tuple[str, bytes]], list[La
     for k in range(seconds):
         tick = sc.tick(START + k)
         msgs += [(m.topic, m.payload) for m in tick.messages]
+        assert all(lb.time <= START + k for lb in tick.labels)  # nothing claimed ahead
         labels += tick.labels
     return msgs, labels
 

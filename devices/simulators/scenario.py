@@ -50,6 +50,7 @@ the detector).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import re
 import time
@@ -278,8 +279,12 @@ class Scenario:
         for device in map(self.public, self.readers.heartbeats(t)):
             out.messages.append(Message(device, self.topic(device, "status"), b"online",
                                         retain=True))
-        out.labels += self._labels
-        self._labels = []
+        # labels of planned events are written when the event is due: a run that ends
+        # first never claims them
+        self._labels.sort(key=lambda lb: lb.time)
+        cut = bisect.bisect_right([lb.time for lb in self._labels], t)
+        out.labels += self._labels[:cut]
+        self._labels = self._labels[cut:]
         if self._prefix:
             out.labels = [replace(lb, device=self.public(lb.device)) for lb in out.labels]
             out.silenced = [self.public(d) for d in out.silenced]
