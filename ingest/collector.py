@@ -24,7 +24,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from beiflow.ingest.config import Config, mqtt_endpoint, parse_mqtt_url
-from beiflow.ingest.geofences import FenceWatcher, load_membership, load_sites
+from beiflow.ingest.geofences import (
+    FenceWatcher,
+    load_devices,
+    load_membership,
+    load_sites,
+)
 from beiflow.ingest.metrics import Metrics
 from beiflow.ingest.pipeline import Pipeline, RawBatch
 from beiflow.ingest.sink import TimescaleSink, WriteBatch, WriteResult
@@ -114,6 +119,8 @@ class Collector:
         self._shutdown_timeout_s = 10.0
         self._fences = FenceWatcher()
         self._fences_loaded = False
+        #: The devices table counted toward the per-site limits (once, at start).
+        self._devices_loaded = False
         self._client = self._make_client()
         self._writing = 0
         self._batches = 0
@@ -270,6 +277,9 @@ class Collector:
         """Pick up fence and reader-site changes."""
         try:
             with psycopg.connect(self._cfg.db.dsn, connect_timeout=5) as conn:
+                if not self._devices_loaded:
+                    self._pipeline.preload_devices(load_devices(conn))
+                    self._devices_loaded = True
                 self._pipeline.set_sites(load_sites(conn))
                 fences = self._fences.poll(conn)
         except psycopg.Error as exc:

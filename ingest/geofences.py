@@ -158,6 +158,11 @@ def load_sites(conn: psycopg.Connection) -> list[Site]:
     return [Site(*row) for row in rows.fetchall()]
 
 
+def load_devices(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(device id, site) of every device the database knows."""
+    return conn.execute("SELECT device_id, site FROM devices").fetchall()
+
+
 def register_sites(conn: psycopg.Connection, sites: Sequence[Site]) -> int:
     """Record where fixed devices stand (``devices`` lat, lon, zone, zone_kind), as an
     operator does; a device not seen yet is added with first/last seen now."""

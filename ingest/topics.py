@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 STREAMS: tuple[str, ...] = ("nmea", "rfid", "sensor", "status")
@@ -26,6 +27,9 @@ class DeviceIndex:
     already has ``max_per_site`` devices, or of a new site once ``max_sites`` sites are
     known. A device counts toward the site it was first seen under (moving neither frees
     nor takes a place, so moves cannot grow the index); devices are never evicted.
+    Devices of the ``devices`` table (:meth:`preload`) count from the start and are never
+    refused, so a restart followed by a flood of made-up ids cannot lock them out; they
+    get an index only when seen.
     """
 
     def __init__(self, *, max_per_site: int | None = None, max_sites: int | None = None
@@ -34,16 +38,24 @@ class DeviceIndex:
         self.ids: list[str] = []
         self.sites: list[str] = []
         self._per_site: dict[str, int] = {}
+        self._known: set[str] = set()
         self._max_per_site = max_per_site
         self._max_sites = max_sites
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def preload(self, devices: Iterable[tuple[str, str]]) -> None:
+        """Count (device id, site) pairs the database knows toward their sites' limits."""
+        for device_id, site in devices:
+            if device_id not in self._known and device_id not in self._index:
+                self._known.add(device_id)
+                self._per_site[site] = self._per_site.get(site, 0) + 1
+
     def refusal(self, device_id: str, site: str) -> tuple[str, str] | None:
         """Why a message of ``device_id`` under ``site`` may not add the device (reason,
         detail), or None when the device is known or fits."""
-        if device_id in self._index:
+        if device_id in self._index or device_id in self._known:
             return None
         have = self._per_site.get(site)
         if have is None:
@@ -61,7 +73,8 @@ class DeviceIndex:
             idx = self._index[device_id] = len(self.ids)
             self.ids.append(device_id)
             self.sites.append(site)
-            self._per_site[site] = self._per_site.get(site, 0) + 1
+            if device_id not in self._known:  # preloaded devices are counted already
+                self._per_site[site] = self._per_site.get(site, 0) + 1
         elif self.sites[idx] != site:
             self.sites[idx] = site
         return idx

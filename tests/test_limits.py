@@ -207,20 +207,55 @@ def test_too_many_sentences_end_to_end(config: Config, run_ingest: Callable[...,
     assert _counter(ing, "nmea", "too_many_sentences") == 1
 
 
+def test_devices_of_the_database_count_and_are_never_refused() -> None:
+    index = DeviceIndex(max_per_site=2)
+    index.preload([("db-1", "gate"), ("db-2", "gate"), ("db-1", "gate")])
+    assert index.refusal("new-1", "gate") == ("too_many_devices",
+                                              "site 'gate' has 2 devices (limit)")
+    assert index.refusal("db-2", "gate") is None
+    index.get("db-2", "gate")                       # seen now: not counted twice
+    assert index.refusal("other", "dock") is None
+    index.get("other", "dock")
+    assert index.refusal("new-2", "dock") is None   # dock has 1 of 2
+    assert len(index) == 2 and index.ids == ["db-2", "other"]
+
+
+def test_a_restart_with_a_full_site_keeps_its_known_devices(
+        config: Config, run_ingest: Callable[..., Ingest], db_dsn: str) -> None:
+    """After a restart the devices table fills the site first: made-up ids are refused,
+    the site's real devices (not seen yet by this process) are not."""
+    root = config.mqtt.topic_root
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute("INSERT INTO devices (device_id, site, first_seen, last_seen) VALUES"
+                     " ('pr-1', %s, now(), now()), ('pr-2', %s, now(), now())",
+                     (f"{root}-s", f"{root}-s"))
+    config = replace(config, limits=replace(config.limits, max_devices_per_site=2))
+    ing = run_ingest(config)
+    _publish(config, f"{root}-s/pr-9/sensor", _sensor())   # made up: the site is full
+    _publish(config, f"{root}-s/pr-2/sensor", _sensor())   # known: lands
+    wait_for(lambda: count(db_dsn, "SELECT count(*) FROM sensor_readings"
+                                   " WHERE device_id = 'pr-2'") == 1, what="pr-2's reading")
+    wait_for(lambda: _counter(ing, "sensor", "too_many_devices") == 1, what="pr-9 refused")
+    assert count(db_dsn, "SELECT count(*) FROM devices WHERE device_id = 'pr-9'") == 0
+
+
 def test_too_many_devices_and_sites_end_to_end(config: Config,
                                                run_ingest: Callable[..., Ingest],
                                                db_dsn: str) -> None:
+    # the devices table (shared by the session's tests) counts too: room for 2 more sites
+    known = count(db_dsn, "SELECT count(DISTINCT site) FROM devices")
     config = replace(config, limits=replace(config.limits, max_devices_per_site=2,
-                                            max_sites=2))
+                                            max_sites=known + 2))
     ing = run_ingest(config)
     root = config.mqtt.topic_root
-    for topic in ("gate/cd-1/sensor", "gate/cd-2/sensor", "dock/cd-9/sensor"):
+    gate, dock, yard = f"{root}-gate", f"{root}-dock", f"{root}-yard"
+    for topic in (f"{gate}/cd-1/sensor", f"{gate}/cd-2/sensor", f"{dock}/cd-9/sensor"):
         _publish(config, topic, _sensor())
     wait_for(lambda: count(db_dsn, "SELECT count(*) FROM sensor_readings"
                                    " WHERE device_id LIKE %s", "cd-%") == 3, what="3 devices")
-    _publish(config, "gate/cd-3/sensor", _sensor())    # a third device at site gate
-    _publish(config, "yard/cd-4/rfid", _rfid())        # a third site
-    _publish(config, "gate/cd-1/sensor", _sensor(ago_s=1))   # known devices keep working
+    _publish(config, f"{gate}/cd-3/sensor", _sensor())    # a third device at site gate
+    _publish(config, f"{yard}/cd-4/rfid", _rfid())        # a third site
+    _publish(config, f"{gate}/cd-1/sensor", _sensor(ago_s=1))   # known devices keep working
     wait_for(lambda: count(db_dsn, "SELECT count(*) FROM sensor_readings"
                                    " WHERE device_id = 'cd-1'") == 2, what="cd-1 again")
     wait_for(lambda: len(_dead(db_dsn, f"{root}/%/cd-_/%")) == 2, what="2 dead letters")
