@@ -2,15 +2,17 @@
 ingest` as a killable process, per-run accounting and the five fault scenarios.
 
 Shared by tests/test_faults.py (short form) and bench/fault_suite.py (long form).
-Accounting: every good message is one NMEA epoch with a unique (device, time) -> one
-``positions`` row; every poison message goes to a topic of its own -> at least one
-``dead_letters`` row on that topic. lost = published - stored - dead-lettered.
+Load: the simulator's terminals. Accounting: every good message is one NMEA epoch with a
+unique (device, time) -> one ``positions`` row; every poison message goes to a topic of
+its own -> at least one ``dead_letters`` row on that topic. lost = published - stored -
+dead-lettered.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import os
 import random
 import signal
@@ -30,7 +32,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
-from beiflow.devices.simulators.nmea_encode import gga, rmc
+from beiflow.devices.simulators.scenario import Scenario, ScenarioOptions
 from beiflow.ingest.broker import PrivateBroker, free_port
 from beiflow.ingest.config import parse_mqtt_url
 from tests.tcpproxy import TcpProxy
@@ -72,16 +74,22 @@ def poison_payload(i: int, rng: random.Random) -> bytes:
 
 
 def make_load(n: int, *, devices: int = 500, poison_every: int = 0, seed: int = 0) -> Load:
-    """``n`` messages on a fresh topic root: RMC+GGA epochs at 1 Hz per device (recent
-    times, unique per device) with every ``poison_every``-th message replaced by poison
-    on a topic of its own."""
+    """``n`` messages on a fresh topic root: the Yantai scenario's terminals (RMC+GGA
+    receivers, a fix from the first epoch), one epoch per device and second from two hours
+    ago (unique (device, time) keys), with every ``poison_every``-th message replaced by
+    poison on a topic of its own."""
     tag = uuid.uuid4().hex[:8]
     root = f"f{tag}"
     rng = random.Random(seed)
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
-    names = [f"{tag}-d{d:04d}" for d in range(devices)]
+    sc = Scenario(ScenarioOptions(devices=devices, seed=seed, root=root, anomalies=False,
+                                  lean_receivers=True, cold_start_s=0.0, run_tag=tag),
+                  start=base.timestamp())
+    epochs = (m for k in itertools.count() for m in sc.tick(base.timestamp() + k).messages
+              if m.topic.endswith("/nmea"))
     items: list[tuple[str, bytes]] = []
     poison_topics: list[str] = []
+    seen: dict[str, None] = {}
     good = 0
     for i in range(n):
         if poison_every and i % poison_every == poison_every - 1:
@@ -89,17 +97,11 @@ def make_load(n: int, *, devices: int = 500, poison_every: int = 0, seed: int = 
             poison_topics.append(topic)
             items.append((topic, poison_payload(len(poison_topics), rng)))
             continue
-        dev, k = good % devices, good // devices
-        t = base + timedelta(seconds=k, milliseconds=10 * (dev % 100))
-        lat = 37.54 + (dev % 100) * 1e-4 + k * 1e-6
-        lon = 121.38 + (dev // 100) * 1e-4 + k * 1e-6
-        talker = ("GN", "BD", "GB")[dev % 3]
-        payload = (rmc(talker, t, lat, lon, 8.5, 45.0) + "\r\n"
-                   + gga(talker, t, lat, lon, 1, 14, 0.9, 12.0) + "\r\n").encode()
-        items.append((f"{root}/yantai/{names[dev]}/nmea", payload))
+        m = next(epochs)
+        seen[m.device] = None
+        items.append((m.topic, m.payload))
         good += 1
-    return Load(tag, root, items, names[: min(devices, good)], good, len(poison_topics),
-                poison_topics)
+    return Load(tag, root, items, list(seen), good, len(poison_topics), poison_topics)
 
 
 # ---------------------------------------------------------------------- publisher
