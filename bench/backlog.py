@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -102,17 +102,24 @@ def publish_fleet(url: str, root: str, msgs: list[tuple[str, bytes]], *,
     publisher.max_inflight_messages_set(1000)
     publisher.connect(u.host, u.port)
     publisher.loop_start()
+    publish_bounded(publisher, ((f"{root}/bench/{dev}/{stream}", payload)
+                                for dev, payload in msgs))
+    publisher.disconnect()
+    publisher.loop_stop()
+
+
+def publish_bounded(client: mqtt.Client, items: Iterable[tuple[str, bytes]]) -> None:
+    """QoS 1 publishes from a running paho loop, waiting for every 5,000 queued (paho
+    drops beyond its queue while publish() still reports success)."""
     infos = []
-    for dev, payload in msgs:
-        infos.append(publisher.publish(f"{root}/bench/{dev}/{stream}", payload, qos=1))
+    for topic, payload in items:
+        infos.append(client.publish(topic, payload, qos=1))
         if len(infos) >= 5000:
             for info in infos:
                 info.wait_for_publish(30)
             infos.clear()
     for info in infos:
         info.wait_for_publish(30)
-    publisher.disconnect()
-    publisher.loop_stop()
 
 
 def drain_bare(url: str, client_id: str, n: int) -> float:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import aiomqtt
 import paho.mqtt.client as mqtt
+from backlog import publish_bounded  # bench/ sibling: run as `python bench/simulator.py`
 from paho.mqtt.enums import CallbackAPIVersion
 
 from beiflow.devices.simulators.mqttwire import Will, WireClient, WireError
@@ -144,15 +145,7 @@ def paho_throughput(port: int, msgs: Tick) -> dict[str, float]:
         c.max_inflight_messages_set(1000)
         c.connect("127.0.0.1", port)
         c.loop_start()
-        infos = []
-        for topic, payload in msgs:
-            infos.append(c.publish(topic, payload, qos=1))
-            if len(infos) >= 5000:
-                for info in infos:
-                    info.wait_for_publish(30)
-                infos.clear()
-        for info in infos:
-            info.wait_for_publish(30)
+        publish_bounded(c, msgs)
         c.disconnect()
         c.loop_stop()
         return len(msgs)

@@ -113,21 +113,28 @@ def test_hold_and_stuck_carry_across_batches() -> None:
     assert found(AnomalyBatch.concat(a)) == [(2100, "cold_chain_excursion")]
 
 
+def _batched_like_one_run(values: np.ndarray, name: str, cuts: list[int],
+                          atol: float) -> AnomalyBatch:
+    """Check that ``values`` cut into batches at ``cuts`` score and report exactly as one
+    sequential run; the run's anomalies."""
+    whole = check_sensors(readings(values), [name], SensorState())
+    st = SensorState()
+    parts = [check_sensors(readings(values[a:b], t0_s=60 * a), [name], st)
+             for a, b in itertools.pairwise(cuts)]
+    np.testing.assert_allclose(np.concatenate([p.score for p in parts]), whole.score,
+                               rtol=1e-9, atol=atol)
+    merged = AnomalyBatch.concat([p.anomalies for p in parts])
+    assert sorted(found(merged)) == sorted(found(whole.anomalies))
+    return whole.anomalies
+
+
 def test_batches_equal_one_run() -> None:
     rng = np.random.default_rng(5)
     values = rng.normal(4, 0.3, 300)
     values[150:160] += 5
     values[200:270] = values[199]
-    whole = check_sensors(readings(values), ["temp_c"], SensorState())
-    st = SensorState()
-    cuts = [0, 1, 37, 150, 151, 299, 300]
-    parts = [check_sensors(readings(values[a:b], t0_s=60 * a), ["temp_c"], st)
-             for a, b in itertools.pairwise(cuts)]
-    np.testing.assert_allclose(np.concatenate([p.score for p in parts]), whole.score,
-                               rtol=1e-9, atol=1e-12)
-    merged = AnomalyBatch.concat([p.anomalies for p in parts])
-    assert sorted(found(merged)) == sorted(found(whole.anomalies))
-    assert {"statistical", "stuck"} <= set(whole.anomalies.kind)
+    whole = _batched_like_one_run(values, "temp_c", [0, 1, 37, 150, 151, 299, 300], 1e-12)
+    assert {"statistical", "stuck"} <= set(whole.kind)
 
 
 def test_batches_equal_one_run_after_a_level_shift() -> None:
@@ -137,15 +144,7 @@ def test_batches_equal_one_run_after_a_level_shift() -> None:
     for _ in range(6):
         values = rng.normal(230, 0.5, 2000)
         values[300:] += rng.uniform(2, 8)
-        whole = check_sensors(readings(values), ["voltage_v"], SensorState())
-        st = SensorState()
-        cuts = [0, 100, 290, 305, 700, 1500, 2000]
-        parts = [check_sensors(readings(values[a:b], t0_s=60 * a), ["voltage_v"], st)
-                 for a, b in itertools.pairwise(cuts)]
-        np.testing.assert_allclose(np.concatenate([p.score for p in parts]), whole.score,
-                                   rtol=1e-9, atol=1e-9)
-        merged = AnomalyBatch.concat([p.anomalies for p in parts])
-        assert sorted(found(merged)) == sorted(found(whole.anomalies))
+        _batched_like_one_run(values, "voltage_v", [0, 100, 290, 305, 700, 1500, 2000], 1e-9)
 
 
 def test_interleaved_pairs_match_separate_runs() -> None:
