@@ -96,6 +96,22 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """The variable byte integer at ``pos`` and the position after it; None when ``buf``
+    ends (at ``end``) before it does, ``ValueError`` when it runs over four bytes."""
+    value, mult = 0, 1
+    while pos < end:
+        digit = buf[pos]
+        pos += 1
+        value += (digit & 0x7F) * mult
+        if digit < 0x80:
+            return value, pos
+        mult *= 128
+        if mult > 128**3:
+            raise ValueError("variable byte integer longer than four bytes")
+    return None
+
+
 def _utf8(value: str | bytes) -> bytes:
     """Two-byte length prefix and the bytes (UTF-8 for ``str``)."""
     b = value.encode() if isinstance(value, str) else value
@@ -111,14 +127,13 @@ def _reason(code: int, protocol: int) -> str:
 
 def _properties(body: bytes, pos: int) -> tuple[dict[int, bytes], int]:
     """MQTT 5 properties at ``pos``: raw value per identifier, and the position after them."""
-    length, mult = 0, 1
-    while True:
-        digit = body[pos]
-        pos += 1
-        length += (digit & 0x7F) * mult
-        mult *= 128
-        if digit < 0x80:
-            break
+    try:
+        got = _read_varint(body, pos, len(body))
+    except ValueError as exc:
+        raise WireError(f"malformed packet: {exc}") from None
+    if got is None:
+        raise WireError("malformed packet: truncated properties")
+    length, pos = got
     end, props = pos + length, {}
     while pos < end:
         pid = body[pos]
@@ -397,19 +412,14 @@ class WireClient(asyncio.Protocol):
             return
         pos = 0
         while n - pos >= 2:
-            length, mult, i = 0, 1, pos + 1
-            while i < n:
-                digit = data[i]
-                i += 1
-                length += (digit & 0x7F) * mult
-                mult *= 128
-                if digit < 0x80:
-                    break
-                if mult > 128**3:
-                    self._protocol_error("malformed remaining length")
-                    return
-            else:
+            try:
+                got = _read_varint(data, pos + 1, n)
+            except ValueError:
+                self._protocol_error("malformed remaining length")
+                return
+            if got is None:
                 break  # length incomplete
+            length, i = got
             if i + length > n:
                 break
             self._packet(data[pos], data[i:i + length])
