@@ -10,10 +10,9 @@ injection's name, e.g. ``teleport``) and, for geofence events, which ``fence`` (
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TextIO
 
 #: Label kinds that are geofence events; dead-letter reasons are listed in DEAD_LETTER_KINDS.
@@ -77,11 +76,3 @@ class LabelWriter:
         if self._out is not None and lines:
             self._out.write("\n".join(lines) + "\n")
             self._out.flush()
-
-
-def read_labels(path: Path) -> Iterator[Label]:
-    """The labels of a JSON-lines file, skipping blank lines."""
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield Label.from_json(line)
