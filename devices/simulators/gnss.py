@@ -447,7 +447,7 @@ class ReceiverBank:
         north = off[:, 0] + err[:, 1] * sigma[:, 0] / math.sqrt(2)
         east = off[:, 1] + err[:, 0] * sigma[:, 0] / math.sqrt(2)
         alt = np.asarray(alt_m, np.float64) + err[:, 2] * sigma[:, 1]
-        rep_lat, rep_lon = _moved(lat, lon, north, east)
+        rep_lat, rep_lon = offset_position(lat, lon, north, east)
 
         tc = self._talker[idx]
         tdec = _TIME_DEC[tc]
@@ -587,8 +587,8 @@ class ReceiverBank:
                                 5.0 + (small_max - 5.0) * u_size[sp])
             ang = _TWO_PI * u_dir[sp]
             lat, lon = lat.copy(), lon.copy()
-            lat[sp], lon[sp] = _moved(lat[sp], lon[sp], size[sp] * np.cos(ang),
-                                      size[sp] * np.sin(ang))
+            lat[sp], lon[sp] = offset_position(lat[sp], lon[sp], size[sp] * np.cos(ang),
+                                               size[sp] * np.sin(ang))
             jump[sp] = _haversine(ref_lat[sp], ref_lon[sp], lat[sp], lon[sp]) > thr
         labels = [Label(t, self.device_ids[i], "jump",
                         {"injected": "multipath", "offset_m": round(float(o), 1)})
@@ -620,8 +620,8 @@ def _dot3(rows: np.ndarray, sats: np.ndarray) -> np.ndarray:
             + rows[:, 2:3] * sats[:, 2])
 
 
-def _moved(lat: np.ndarray, lon: np.ndarray, north_m: np.ndarray,
-           east_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def offset_position(lat: np.ndarray, lon: np.ndarray, north_m: np.ndarray,
+                    east_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Position shifted by local north/east metres (small offsets)."""
     dlat = np.degrees(north_m / EARTH_RADIUS_M)
     dlon = np.degrees(east_m / (EARTH_RADIUS_M * np.cos(np.radians(lat))))

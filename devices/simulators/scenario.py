@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from beiflow.devices.simulators.gnss import ReceiverBank, ReceiverSpec
+from beiflow.devices.simulators.gnss import ReceiverBank, ReceiverSpec, offset_position
 from beiflow.devices.simulators.labels import Label, LabelWriter
 from beiflow.devices.simulators.links import (
     DeviceLinks,
@@ -303,8 +303,8 @@ class Scenario:
 
     def _gnss(self, t: float, out: Tick) -> None:
         ids = self.fleet.device_ids
-        live = np.array([d not in self._silent for d in ids], dtype=bool)
-        idx = np.flatnonzero(live)
+        quiet = [self._terminal[d] for d in self._silent if d in self._terminal]
+        idx = np.delete(np.arange(len(ids)), quiet)
         if not idx.size:
             return
         truth = self.fleet.state(t, idx)
@@ -331,7 +331,7 @@ class Scenario:
         # geofence truth from what the receivers claim (a spoofed position is where the
         # pipeline will put the device once it relocates); unusable fixes are not seen
         seen = self.bank.usable & ~teleported
-        lat, lon = _moved(truth.lat, truth.lon, off_n, off_e)
+        lat, lon = offset_position(truth.lat, truth.lon, off_n, off_e)
         fence_labels = self.tracker.step(t, idx[seen], lat[seen], lon[seen],
                                          truth.speed_mps[seen])
         out.labels += fence_labels
@@ -449,14 +449,6 @@ class Scenario:
                     break
                 except ValueError:
                     continue  # that node is busy with an earlier injection
-
-
-def _moved(lat: np.ndarray, lon: np.ndarray, north_m: np.ndarray,
-           east_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions shifted by local north/east metres."""
-    r = 6_371_008.8
-    return (lat + np.degrees(north_m / r),
-            lon + np.degrees(east_m / (r * np.cos(np.radians(lat)))))
 
 
 def _malform(payload: bytes, stream: str, rng: np.random.Generator) -> tuple[bytes, str]:
