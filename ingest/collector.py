@@ -278,7 +278,7 @@ class Collector:
         try:
             with psycopg.connect(self._cfg.db.dsn, connect_timeout=5) as conn:
                 if not self._devices_loaded:
-                    self._pipeline.preload_devices(load_devices(conn))
+                    self._pipeline.devices.preload(load_devices(conn))
                     self._devices_loaded = True
                 self._pipeline.set_sites(load_sites(conn))
                 fences = self._fences.poll(conn)

@@ -205,10 +205,6 @@ class Pipeline:
             np.asarray(membership.last_time_us, dtype=np.int64)[pick])
         return self.core.geofence.merge(restored)
 
-    def preload_devices(self, devices: Sequence[tuple[str, str]]) -> None:
-        """Count the devices the database knows toward the per-site limits (at start)."""
-        self.devices.preload(devices)
-
     def set_sites(self, sites: Sequence[Site]) -> None:
         """Reader positions and zones for the RFID travel and cold-chain checks."""
         idx = np.array([self.devices.get(s.device_id, s.site) for s in sites], dtype=np.intp)

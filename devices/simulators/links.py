@@ -70,7 +70,6 @@ class DeviceLinks:
         self._status = status_topics
         self._clients: dict[str, WireClient] = {}
         self._gate = asyncio.Semaphore(connect_concurrency)
-        self.errors = 0
 
     async def open(self) -> None:
         """Connect every device (bounded concurrency) and announce it online."""
@@ -95,8 +94,7 @@ class DeviceLinks:
             try:
                 await client.publish(m.topic, m.payload, qos, m.retain)
             except WireError:
-                self.errors += 1
-                self._clients.pop(m.device, None)
+                self._clients.pop(m.device, None)  # not flushed again by close()
                 raise
 
     async def silence(self, device: str) -> None:
@@ -110,11 +108,6 @@ class DeviceLinks:
         """Reconnect a silenced device."""
         if device not in self._clients:
             await self._connect(device)
-
-    @property
-    def sent(self) -> int:
-        """Messages framed so far on open connections."""
-        return sum(c.sent for c in self._clients.values())
 
     async def close(self) -> None:
         """Flush, publish ``offline`` and disconnect cleanly."""
@@ -139,7 +132,6 @@ class MuxLinks:
         self._of = {d: self._clients[i % len(self._clients)] for i, d in
                     enumerate(status_topics)}
         self._silent: set[str] = set()
-        self.errors = 0
 
     async def open(self) -> None:
         """Connect and announce every device online (retained)."""
@@ -161,11 +153,6 @@ class MuxLinks:
     async def resume(self, device: str) -> None:
         """Let the device's messages through again."""
         self._silent.discard(device)
-
-    @property
-    def sent(self) -> int:
-        """Messages framed so far."""
-        return sum(c.sent for c in self._clients)
 
     async def close(self) -> None:
         """Publish every device ``offline``, wait for the PUBACKs and disconnect."""

@@ -467,7 +467,6 @@ class RunStats:
 
     messages: int = 0
     labels: int = 0
-    ticks: int = 0
     late_ticks: int = 0
 
 
@@ -497,7 +496,6 @@ async def run(scenario: Scenario, links: DeviceLinks | MuxLinks, *, duration_s: 
             labels.write(tick.labels)
             stats.messages += len(tick.messages)
             stats.labels += len(tick.labels)
-            stats.ticks += 1
             k += 1
     finally:
         # closing announces every device offline (retained status): the pipeline reports
